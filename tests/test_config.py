@@ -1,0 +1,65 @@
+"""Config validation: every bad parameter is named with its value and what is allowed."""
+
+from dataclasses import dataclass
+
+import pytest
+
+from viscoin_core.config import ConfigError, load_config, param, parse_config, repo_root, to_dict
+
+
+@dataclass
+class Example:
+    cache_dir: str = param(help="required path: no default")
+    lr: float = param(1e-4, low=0, low_open=True)
+    steps: int = param(10, low=1)
+    mode: str = param("paper", choices=("paper", "code"))
+    taus: tuple[float, ...] = param((0.1, 0.2))
+    note: str | None = param(None)
+
+    def __post_init__(self):
+        if self.steps > 1000 and self.mode == "code":
+            raise ConfigError("steps > 1000 needs mode 'paper'")
+
+
+def test_valid_params_fill_defaults_and_coerce():
+    cfg = parse_config(Example, {"cache_dir": "x", "lr": 1, "taus": [0.5]})
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    assert cfg.taus == (0.5,) and cfg.steps == 10 and cfg.note is None
+    assert to_dict(cfg)["taus"] == [0.5]
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"cache_dir": "x", "lrr": 1.0}, ["unknown", "lrr", "allowed keys"]),
+    ({"cache_dir": "x", "steps": 2.5}, ["steps", "2.5", "int"]),
+    ({"cache_dir": "x", "steps": True}, ["steps", "True"]),
+    ({"cache_dir": "x", "lr": 0.0}, ["lr", "(0"]),
+    ({"cache_dir": "x", "steps": 0}, ["steps", "[1"]),
+    ({"cache_dir": "x", "mode": "other"}, ["mode", "other", "paper"]),
+    ({"lr": 1.0}, ["required", "cache_dir"]),
+    ({"cache_dir": "x", "steps": 5000, "mode": "code"}, ["steps > 1000"]),
+])
+def test_bad_params_name_key_and_value(params, words):
+    with pytest.raises(ConfigError) as err:
+        parse_config(Example, params, source="cell")
+    for word in words:
+        assert word in str(err.value)
+    assert "cell" in str(err.value)
+
+
+def test_load_config_names_the_file(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("cache_dir: c\nsteps: -3\n")
+    with pytest.raises(ConfigError, match=str(path)):
+        load_config(Example, path)
+    assert load_config(Example, path, steps=3).steps == 3
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(Example, tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(Example, tmp_path / "list.yaml")
+
+
+def test_repo_root_found_from_a_subfolder():
+    root = repo_root()
+    assert (root / "pyproject.toml").is_file()
+    assert repo_root(root / "viscoin_core" / "nets") == root
