@@ -63,3 +63,14 @@ def test_repo_root_found_from_a_subfolder():
     root = repo_root()
     assert (root / "pyproject.toml").is_file()
     assert repo_root(root / "viscoin_core" / "nets") == root
+
+
+def test_extends_merges_base_and_detects_cycles(tmp_path):
+    (tmp_path / "base.yaml").write_text("cache_dir: c\nsteps: 5\nlr: 0.1\n")
+    (tmp_path / "row.yaml").write_text("extends: base.yaml\nsteps: 7\n")
+    cfg = load_config(Example, tmp_path / "row.yaml")
+    assert (cfg.cache_dir, cfg.steps, cfg.lr) == ("c", 7, 0.1)
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(Example, tmp_path / "a.yaml")

@@ -125,15 +125,31 @@ def parse_config(cls: type, params: Mapping[str, Any], source: str = "parameters
         raise ConfigError(f"{source}: {err}") from None
 
 
-def read_params(path: str | Path) -> dict:
-    """Read a flat YAML parameter file; a missing file or a non-mapping is a ConfigError naming it."""
+def read_params(path: str | Path, _seen: tuple = ()) -> dict:
+    """Read a flat YAML parameter file; a missing file or a non-mapping is a ConfigError naming it.
+
+    A file may start from another with `extends: other.yaml` (a path relative to its own folder) and
+    override some of its keys: an ablation row is then its base plus the one value it changes.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"parameter file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: 'extends' forms a cycle through {[str(p) for p in _seen]}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a YAML mapping of parameters, got {type(data).__name__}")
-    return data
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'extends' = {base!r} must be a file name")
+    merged = read_params(path.parent / base, _seen + (path.resolve(),))
+    merged.update(data)
+    return merged
 
 
 def load_config(cls: type, path: str | Path | None = None, **overrides: Any) -> Any:
