@@ -1,0 +1,152 @@
+"""The VisCoIN training loss, one function per term, named after equations (1)-(6) of the paper.
+
+    L = alpha * CE(g(x), f(x))                                              output fidelity
+      + ||x~ - x||_2^2 + ||x~ - x||_1 + beta * LPIPS(x~, x) + gamma * CE(f(x~), f(x))   reconstruction
+      + delta * ||Phi(x)||_1                                                 sparsity
+      + orthogonality(W_Psi)                                                 (kernels of Psi's last conv)
+      + ||w_x - w_bar||_2^2                                                  Omega regularisation
+
+Norms are averaged over their elements (pixels, concept entries, latent coordinates) and over the
+batch, as in the authors' implementation: the published weights (beta = 3, gamma = 0.1, ...) only
+make sense at that scale. CE(a, b) is the cross-entropy of softmax(a) against the soft targets
+softmax(b), computed with log-softmax (stable for large logits); targets never carry gradient.
+Images are in [-1, 1]; LPIPS takes them as they are.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+SPARSITY_CHOICES = ("paper", "code")
+ORTHOGONALITY_CHOICES = ("gram", "code")
+
+
+def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of -sum_c softmax(target)_c * log_softmax(logits)_c (targets detached)."""
+    target = F.softmax(target_logits.detach().float(), dim=1)
+    return -(target * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+
+
+def output_fidelity(g_logits: torch.Tensor, f_logits: torch.Tensor) -> torch.Tensor:
+    """Eq. (1): CE(g(x), f(x)) with f's soft predictions as targets (weight alpha applied by the caller)."""
+    return soft_cross_entropy(g_logits, f_logits)
+
+
+def reconstruction_l2(x_rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """||x~ - x||_2^2, averaged over pixels and batch."""
+    return (x_rec.float() - x.float()).square().mean()
+
+
+def reconstruction_l1(x_rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """||x~ - x||_1, averaged over pixels and batch."""
+    return (x_rec.float() - x.float()).abs().mean()
+
+
+def perceptual(x_rec: torch.Tensor, x: torch.Tensor, lpips_net: nn.Module) -> torch.Tensor:
+    """LPIPS(x~, x), mean over the batch; both in [-1, 1]."""
+    return lpips_net(x_rec, x).mean()
+
+
+def reconstruction_classification(f_rec_logits: torch.Tensor, f_logits: torch.Tensor) -> torch.Tensor:
+    """CE(f(x~), f(x)): f should see the reconstruction as it saw the original (weight gamma)."""
+    return soft_cross_entropy(f_rec_logits, f_logits)
+
+
+def sparsity(phi: torch.Tensor, mode: str = "paper") -> torch.Tensor:
+    """Sparsity of the concept maps Phi (B, K, 3, 3), weight delta applied by the caller.
+
+    'paper': ||Phi||_1 (mean |entry|). 'code': the released code's L1 of the L2-normalised pooled
+    activations (B, K) plus L1 of Phi, both as means.
+    """
+    if mode == "paper":
+        return phi.float().abs().mean()
+    if mode == "code":
+        pooled = F.normalize(phi.float().amax(dim=(2, 3)), p=2, dim=1)
+        return pooled.abs().mean() + phi.float().abs().mean()
+    raise ValueError(f"sparsity mode {mode!r}; choose one of {list(SPARSITY_CHOICES)}")
+
+
+def orthogonality(kernels: torch.Tensor, mode: str = "gram") -> torch.Tensor:
+    """Orthogonality of Psi's last convolution kernels (K, ...), each row L2-normalised to w_k.
+
+    'gram': ||W W^T - I||_F^2 / K^2, zero exactly when the kernels are orthogonal.
+    'code': the released code's (sum_kl |w_k| . |w_l| - K) / K^2 (absolute values taken before the
+    product, so it is zero only for kernels with disjoint supports).
+    """
+    w = F.normalize(kernels.float().flatten(1), dim=1)   # (K, D)
+    k = w.shape[0]
+    if mode == "gram":
+        eye = torch.eye(k, device=w.device)
+        return (w @ w.T - eye).square().sum() / k**2
+    if mode == "code":
+        a = w.abs()
+        return ((a @ a.T).sum() - k) / k**2
+    raise ValueError(f"orthogonality mode {mode!r}; choose one of {list(ORTHOGONALITY_CHOICES)}")
+
+
+def omega_regularisation(ws: torch.Tensor, w_bar: torch.Tensor) -> torch.Tensor:
+    """||w_x - w_bar||_2^2, averaged over style vectors, coordinates and batch (w_bar detached)."""
+    return (ws.float() - w_bar.detach().float()).square().mean()
+
+
+def viscoin_loss(*, g_logits, f_logits, x_rec, x, f_rec_logits, phi, psi_kernels, ws, w_bar, lpips_net,
+                 alpha: float, beta: float, gamma: float, delta: float, orthogonality_weight: float = 1.0,
+                 omega_weight: float = 1.0, sparsity_mode: str = "paper", orthogonality_mode: str = "gram",
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The total loss and its weighted terms, each computed once (keys name the terms for logs and NaN reports)."""
+    terms = {
+        "output_fidelity": alpha * output_fidelity(g_logits, f_logits),
+        "rec_l2": reconstruction_l2(x_rec, x),
+        "rec_l1": reconstruction_l1(x_rec, x),
+        "rec_lpips": beta * perceptual(x_rec, x, lpips_net),
+        "rec_classification": gamma * reconstruction_classification(f_rec_logits, f_logits),
+        "sparsity": delta * sparsity(phi, sparsity_mode),
+        "orthogonality": orthogonality_weight * orthogonality(psi_kernels, orthogonality_mode),
+        "omega_reg": omega_weight * omega_regularisation(ws, w_bar),
+    }
+    return sum(terms.values()), terms
+
+
+class LpipsWeightsUnavailable(RuntimeError):
+    """LPIPS with the ImageNet VGG trunk was asked for but its weights cannot be read or downloaded."""
+
+
+def build_lpips(backbone: str = "vgg") -> nn.Module:
+    """A frozen LPIPS-VGG network in eval mode.
+
+    backbone 'vgg': the published LPIPS (ImageNet VGG-16 trunk from torchvision, linear layers shipped
+    with the `lpips` package). 'random': same network with a randomly initialised trunk, so nothing
+    is downloaded (tests, CPU profiles); its values are not comparable to published LPIPS.
+    """
+    import lpips
+    import torchvision
+    if backbone not in ("vgg", "random"):
+        raise ValueError(f"lpips_backbone {backbone!r}; choose 'vgg' or 'random'")
+    if backbone == "vgg":
+        url = torchvision.models.VGG16_Weights.IMAGENET1K_V1.url
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # torchvision's note on lpips' `pretrained=`
+                net = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=False, verbose=False)
+        except Exception as err:
+            if cached.is_file():
+                raise
+            raise LpipsWeightsUnavailable(
+                f"LPIPS-VGG needs torchvision's ImageNet VGG-16 weights ({Path(url).name}), which are not in "
+                f"{cached.parent} and could not be downloaded ({type(err).__name__}: {err}). Copy the file "
+                "there, or set `lpips_backbone: random` (offline; values not comparable to published LPIPS)."
+            ) from err
+    else:
+        # A fixed seed makes the random trunk the same network in every run, so values compare across runs.
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torchvision's note on lpips' `pretrained=` argument
+            torch.manual_seed(0)
+            net = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
+    net.eval().requires_grad_(False)
+    return net
