@@ -1,0 +1,88 @@
+"""The table batch: validation before work, skip/resume, failures reported, mean ± std, published column."""
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from viscoin_core import batch
+from viscoin_core.config import ConfigError
+
+TOY_NOTEBOOK = [
+    ("parameters", 'x = 1.0\nfail = False\nrun_dir = "runs/toy"\nseed = 0'),
+    (None, "import json, os\nos.chdir('..')\nassert not fail, 'asked to fail'\n"
+           "os.makedirs(run_dir, exist_ok=True)\n"
+           "json.dump({'score': x * 2 + seed, 'fid_features': 'classifier'}, open(run_dir + '/metrics.json', 'w'))"),
+]
+
+
+def make_project(root: Path) -> Path:
+    nb = nbformat.v4.new_notebook()
+    for tag, source in TOY_NOTEBOOK:
+        cell = nbformat.v4.new_code_cell(source)
+        if tag:
+            cell.metadata["tags"] = [tag]
+        nb.cells.append(cell)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    (root / "notebooks").mkdir()
+    nbformat.write(nb, root / "notebooks" / "toy.ipynb")
+    (root / "params" / "smoke").mkdir(parents=True)
+    (root / "params" / "smoke" / "a.yaml").write_text("x: 1.5\n")
+    (root / "params" / "smoke" / "b.yaml").write_text("x: 10.0\nfail: true\n")
+    (root / "params" / "reference_numbers.yaml").write_text(yaml.safe_dump({"ref": {"t": {"a": {"s": 3.1}}}}))
+    tables = {"toytable": {"title": "Toy", "notebook": "toy", "stage": "toy", "published": "ref.t",
+                           "columns": {"score": {"published": "s", "scale": 10.0, "header": "score x10"}},
+                           "rows": [{"label": "A", "params": "a.yaml", "published": "a", "seeds": 2},
+                                    {"label": "B", "params": "b.yaml"}]}}
+    (root / "params" / "tables.yaml").write_text(yaml.safe_dump(tables))
+    return root
+
+
+def test_notebook_parameters_are_read_from_the_tagged_cell(tmp_path):
+    root = make_project(tmp_path)
+    assert batch.notebook_parameters(root / "notebooks" / "toy.ipynb") == {
+        "x": 1.0, "fail": False, "run_dir": "runs/toy", "seed": 0}
+
+
+def test_unknown_key_fails_before_any_work_naming_key_and_file(tmp_path):
+    root = make_project(tmp_path)
+    (root / "params" / "smoke" / "a.yaml").write_text("x: 1.0\nxx: 2\n")
+    with pytest.raises(ConfigError, match=r"a\.yaml.*'xx'"):
+        batch.plan("toytable", "smoke", root=root)
+    assert not (root / "runs").exists()
+    with pytest.raises(ConfigError, match="unknown table"):
+        batch.plan("nosuch", "smoke", root=root)
+
+
+def test_table_has_mean_std_published_and_marks_the_failed_row(tmp_path, monkeypatch):
+    root = make_project(tmp_path)
+    monkeypatch.setattr(batch, "published_numbers", lambda: yaml.safe_load(
+        (root / "params" / "reference_numbers.yaml").read_text()))
+    monkeypatch.setattr(batch, "load_tables", lambda path=None: yaml.safe_load(
+        (root / "params" / "tables.yaml").read_text()))
+    md, status = batch.run_table("toytable", "smoke", root=root)
+    by_label = {(r.label, r.seed): s for r, s in status.items()}
+    assert by_label[("A", 0)] == by_label[("A", 1)] == "done"
+    assert by_label[("B", 0)].startswith("failed") and "toy.ipynb" in by_label[("B", 0)]
+    # seeds 0 and 1 give scores 3 and 4 -> x10: 30 and 40 -> mean 35, sample std 7.1
+    rows = {line.split("|")[1].strip(): line for line in md.read_text().splitlines() if line.startswith("| ")}
+    assert "35 ± 7.1" in rows["A"] and "3.1" in rows["A"]
+    assert "failed" in rows["B"]
+    assert (root / "runs/smoke/toy/a/seed0/toy.ipynb").exists()
+    csv = (root / "results/smoke/toytable.csv").read_text()
+    assert "score x10 (published)" in csv
+
+    # A second pass skips what is finished and reruns only the failed row.
+    _, again = batch.run_table("toytable", "smoke", root=root)
+    assert sorted(again.values())[-2:] == ["skipped", "skipped"]
+
+
+def test_slurm_executor_runs_through_submitit(tmp_path):
+    root = make_project(tmp_path)
+    runs = [r for r in batch.plan("toytable", "smoke", root=root) if r.label == "A"][:1]
+    executor = batch.make_executor("slurm", tmp_path / "submitit", cluster="local", timeout_min=5)
+    status = batch.run_all(runs, executor=executor)
+    assert list(status.values()) == ["done"]
+    assert json.loads((runs[0].run_dir / "metrics.json").read_text())["score"] == 3.0

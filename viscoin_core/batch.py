@@ -1,0 +1,342 @@
+"""Rebuild a results table: its rows -> papermill runs -> results/<profile>/<table>.{md,csv}.
+
+    python -m viscoin_core.batch table6 --profile demo [--seeds 3] [--force] [--executor local|slurm]
+    python -m viscoin_core.batch all --profile paper --executor slurm
+
+`params/tables.yaml` maps each table to its rows: the notebook that makes a row and the parameter
+file (`params/<profile>/<file>`) it runs with. Each (row, seed) executes the notebook with
+papermill into its run directory, `runs/<profile>/<stage>/<file stem>/seed<k>/`, keeping the
+executed notebook there. A run whose `metrics.json` exists is skipped unless `--force`, so an
+interrupted batch resumes; a failed row is reported at the end and marked in the table, never
+dropped. Table 8 lists every experiment's settings, generated from the parameter files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import json
+import math
+import sys
+import traceback
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from tqdm.auto import tqdm
+
+from viscoin_core.config import ConfigError, parse_config, read_params, repo_root
+
+PROFILES = ("smoke", "demo", "mini", "paper")
+NUMBERED_TABLES = tuple(f"table{i}" for i in range(1, 8))
+
+# The config class each notebook turns its parameters into; batch validates a row against it
+# before any work starts, so a mistyped key fails at once with the file named.
+NOTEBOOK_CONFIGS = {
+    "02_pretrain_classifier": "viscoin_core.train.classifier:ClassifierConfig",
+    "03_finetune_generator": "viscoin_core.train.gan:GanConfig",
+    "04_cub_reproduction": "viscoin_core.train.viscoin:ViscoinConfig",
+    "05_nct_ablations": "viscoin_core.train.viscoin:ViscoinConfig",
+}
+
+
+@dataclass(frozen=True, eq=False)  # hashed by identity: a run is one execution
+class Run:
+    """One execution of a notebook: a row of a table, with one seed."""
+    table: str
+    label: str
+    notebook: Path
+    params_file: Path
+    params: dict
+    run_dir: Path
+    seed: int
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading tables and rows
+
+def load_tables(path: Path | None = None) -> dict:
+    """params/tables.yaml, checked for the keys every table and row needs."""
+    path = path or repo_root() / "params" / "tables.yaml"
+    tables = yaml.safe_load(Path(path).read_text())
+    for name, table in tables.items():
+        for key in ("title", "notebook", "stage", "columns", "rows"):
+            if key not in table:
+                raise ConfigError(f"{path}: table '{name}' lacks the key '{key}'")
+        for row in table["rows"]:
+            if "label" not in row or "params" not in row:
+                raise ConfigError(f"{path}: a row of '{name}' lacks 'label' or 'params': {row}")
+    return tables
+
+
+def notebook_parameters(notebook: Path) -> dict:
+    """Names and default values assigned in a notebook's cell tagged `parameters`."""
+    nb = json.loads(Path(notebook).read_text())
+    for cell in nb["cells"]:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            source = "".join(cell["source"])
+            values = {}
+            for node in ast.parse(source).body:
+                if isinstance(node, ast.Assign):
+                    for target in node.targets:
+                        if isinstance(target, ast.Name):
+                            values[target.id] = ast.literal_eval(node.value)
+                elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                    values[node.target.id] = ast.literal_eval(node.value) if node.value else None
+            return values
+    raise ConfigError(f"{notebook} has no cell tagged 'parameters' (papermill needs one)")
+
+
+def config_class(notebook_stem: str) -> type | None:
+    """The dataclass a notebook validates its parameters with (None for figure notebooks)."""
+    target = NOTEBOOK_CONFIGS.get(notebook_stem)
+    if target is None:
+        return None
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def check_row(notebook: Path, params_file: Path, params: dict) -> None:
+    """Fail before any work when a parameter file names a key the notebook does not take, or a bad value."""
+    allowed = notebook_parameters(notebook)
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{params_file}: unknown parameter(s) {unknown} for notebook {notebook.name}; "
+                          f"it takes {sorted(allowed)}")
+    cls = config_class(notebook.stem)
+    if cls is not None:
+        names = {f.name for f in fields(cls)}
+        merged = {**allowed, **params}
+        parse_config(cls, {k: v for k, v in merged.items() if k in names}, source=str(params_file))
+
+
+def plan(table: str, profile: str, seeds: int | None = None, tables: dict | None = None,
+         root: Path | None = None) -> list[Run]:
+    """Every run a table needs in a profile, each validated before anything executes."""
+    root = root or repo_root()
+    tables = tables or load_tables(root / "params" / "tables.yaml")
+    if table not in tables:
+        raise ConfigError(f"unknown table '{table}'; known: {sorted(tables)} and 'all', 'table8'")
+    spec = tables[table]
+    notebook = root / "notebooks" / f"{spec['notebook']}.ipynb"
+    if not notebook.is_file():
+        raise ConfigError(f"{table}: notebook {notebook} does not exist")
+    runs = []
+    for row in spec["rows"]:
+        params_file = root / "params" / profile / row["params"]
+        params = read_params(params_file)
+        check_row(notebook, params_file, params)
+        n_seeds = seeds or int(row.get("seeds", spec.get("seeds", 1)))
+        for seed in range(n_seeds):
+            run_dir = root / "runs" / profile / spec["stage"] / params_file.stem / f"seed{seed}"
+            runs.append(Run(table, row["label"], notebook, params_file, params, run_dir, seed))
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------
+# Executing
+
+def execute(run: Run) -> Path:
+    """Run one notebook with papermill into its run directory; returns the executed notebook's path."""
+    import papermill
+
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    root = run.notebook.parents[1]
+    output = run.run_dir / f"{run.notebook.stem}.ipynb"
+    parameters = {**run.params, "run_dir": str(run.run_dir.relative_to(root)), "seed": run.seed}
+    papermill.execute_notebook(str(run.notebook), str(output), parameters=parameters,
+                               cwd=str(run.notebook.parent), progress_bar=False, kernel_name="python3")
+    return output
+
+
+def make_executor(kind: str, folder: Path, cluster: str | None = None, **slurm: Any):
+    """None for in-process execution; a submitit executor for 'slurm' (cluster='local' in tests)."""
+    if kind == "local":
+        return None
+    if kind != "slurm":
+        raise ConfigError(f"--executor {kind!r} is not allowed; expected 'local' or 'slurm'")
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    executor.update_parameters(**slurm)
+    return executor
+
+
+def run_all(runs: list[Run], force: bool = False, executor=None) -> dict[Run, str]:
+    """Execute every unfinished run; returns run -> 'done' | 'skipped' | 'failed: <reason>'."""
+    status: dict[Run, str] = {}
+    pending = []
+    for run in runs:
+        if (run.run_dir / "metrics.json").exists() and not force:
+            status[run] = "skipped"
+        else:
+            pending.append(run)
+    if executor is not None:
+        jobs = [(run, executor.submit(execute, run)) for run in pending]
+        for run, job in tqdm(jobs, desc="runs", unit="run"):
+            status[run] = _outcome(job.result, run)
+        return status
+    for run in tqdm(pending, desc="runs", unit="run"):
+        status[run] = _outcome(lambda run=run: execute(run), run)
+    return status
+
+
+def _outcome(call, run: Run) -> str:
+    # One failed row must not stop the others: record why and where to look.
+    try:
+        call()
+    except Exception as err:  # noqa: BLE001  (any failure of a notebook is reported, not raised)
+        notebook = run.run_dir / f"{run.notebook.stem}.ipynb"
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        (run.run_dir / "error.txt").write_text(traceback.format_exc())
+        return f"failed: {reason} (see {notebook})"
+    if not (run.run_dir / "metrics.json").exists():
+        return f"failed: the notebook wrote no metrics.json (see {run.run_dir})"
+    return "done"
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+def published_numbers(path: Path | None = None) -> dict:
+    return yaml.safe_load(Path(path or repo_root() / "params" / "reference_numbers.yaml").read_text())
+
+
+def lookup(tree: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+def mean_std(values: list[float]) -> str:
+    """'m' for one value, 'm ± s' (sample std) for several; numbers to 4 significant digits."""
+    if not values:
+        return ""
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.4g}"
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{mean:.4g} ± {std:.2g}"
+
+
+def column_spec(ours: str, spec: Any) -> tuple[str, str, float]:
+    """(header, published key, scale for our value) of one table column."""
+    if isinstance(spec, str):
+        return ours, spec, 1.0
+    return spec.get("header", ours), spec["published"], float(spec.get("scale", 1.0))
+
+
+def build_table(table: str, profile: str, runs: list[Run], status: dict[Run, str] | None = None,
+                tables: dict | None = None, published: dict | None = None) -> pd.DataFrame:
+    """Our numbers (mean ± std over seeds) beside the published ones, one line per row of the table."""
+    tables = tables or load_tables()
+    published = published or published_numbers()
+    spec = tables[table]
+    status = status or {}
+    lines = []
+    for row in spec["rows"]:
+        row_runs = [r for r in runs if r.label == row["label"]]
+        metrics = [json.loads((r.run_dir / "metrics.json").read_text())
+                   for r in row_runs if (r.run_dir / "metrics.json").exists()]
+        failures = [status[r] for r in row_runs if status.get(r, "").startswith("failed")]
+        line = {"row": row["label"], "seeds": len(metrics)}
+        ref = lookup(published, f"{spec.get('published', '')}.{row.get('published', '')}") or {}
+        for ours, col in spec["columns"].items():
+            header, pub_key, scale = column_spec(ours, col)
+            values = [m[ours] * scale for m in metrics if isinstance(m.get(ours), (int, float))]
+            line[header] = mean_std(values) if values else ("failed" if failures else "not run")
+            line[f"{header} (published)"] = ref.get(pub_key) if isinstance(ref, dict) else None
+        line["fid_features"] = ", ".join(sorted({str(m.get("fid_features")) for m in metrics if "fid_features" in m}))
+        line["lpips_backbone"] = ", ".join(sorted({str(m.get("lpips_backbone")) for m in metrics if "lpips_backbone" in m}))
+        line["status"] = "; ".join(failures) if failures else ("ok" if metrics else "not run")
+        lines.append(line)
+    return pd.DataFrame(lines)
+
+
+def experiments_table(profile: str, tables: dict | None = None, root: Path | None = None) -> pd.DataFrame:
+    """Table 8: every experiment of Tables 1-7 in a profile with the settings its parameter file gives."""
+    root = root or repo_root()
+    tables = tables or load_tables(root / "params" / "tables.yaml")
+    lines = []
+    for name in NUMBERED_TABLES:
+        for row in tables.get(name, {}).get("rows", []):
+            path = root / "params" / profile / row["params"]
+            params = read_params(path) if path.is_file() else {}
+            lines.append({"table": name, "row": row["label"], "params": f"params/{profile}/{row['params']}",
+                          **{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in params.items()}})
+    return pd.DataFrame(lines)
+
+
+def markdown(df: pd.DataFrame) -> str:
+    """A pipe table of a DataFrame (empty cells for missing values)."""
+    cells = df.astype(object).where(df.notna(), "")
+    header = "| " + " | ".join(map(str, df.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in cells.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def write_table(df: pd.DataFrame, out_dir: Path, name: str, title: str, note: str) -> Path:
+    """results/<profile>/<name>.csv and .md (title, the table, a note of what was used)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out_dir / f"{name}.csv", index=False)
+    text = f"# {title}\n\n{markdown(df)}\n\n{note}\n"
+    (out_dir / f"{name}.md").write_text(text)
+    return out_dir / f"{name}.md"
+
+
+def table_note(profile: str, command: str) -> str:
+    standins = "" if profile == "paper" else (
+        f" Profile `{profile}` runs on the synthetic stand-ins: CUB-200 -> toybirds, NCT-CRC-HE -> toytissue,"
+        " so published numbers are context, not targets.")
+    return (f"Made by `{command}`. Published values: params/reference_numbers.yaml. "
+            f"`fid_features` and `lpips_backbone` name the feature extractor and LPIPS network used.{standins}")
+
+
+def run_table(table: str, profile: str, seeds: int | None = None, force: bool = False,
+              executor_kind: str = "local", root: Path | None = None, executor=None) -> tuple[Path, dict]:
+    """Plan, execute and tabulate one table; returns the markdown path and each run's status."""
+    root = root or repo_root()
+    tables = load_tables(root / "params" / "tables.yaml")
+    command = f"python -m viscoin_core.batch {table} --profile {profile}" + (f" --seeds {seeds}" if seeds else "")
+    out_dir = root / "results" / profile
+    if table == "table8":
+        df = experiments_table(profile, tables, root)
+        return write_table(df, out_dir, "table8", "Table 8: the experiments and their settings",
+                           table_note(profile, command)), {}
+    runs = plan(table, profile, seeds, tables, root)
+    if executor is None:
+        executor = make_executor(executor_kind, root / "runs" / profile / "slurm")
+    status = run_all(runs, force=force, executor=executor)
+    df = build_table(table, profile, runs, status, tables)
+    return write_table(df, out_dir, table, tables[table]["title"], table_note(profile, command)), status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m viscoin_core.batch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("table", help="table1 ... table8, or 'all'")
+    parser.add_argument("--profile", required=True, choices=PROFILES)
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per row (default: the row's, else 1)")
+    parser.add_argument("--force", action="store_true", help="rerun rows that already have metrics.json")
+    parser.add_argument("--executor", default="local", choices=["local", "slurm"])
+    args = parser.parse_args(argv)
+    names = [*NUMBERED_TABLES, "table8"] if args.table == "all" else [args.table]
+    failed = []
+    for name in names:
+        path, status = run_table(name, args.profile, args.seeds, args.force, args.executor)
+        failed += [f"{name}: {r.label} seed {r.seed}: {s}" for r, s in status.items() if s.startswith("failed")]
+        print(f"{name}: {path}")
+    if failed:
+        print("\nFailed runs:\n  " + "\n  ".join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
