@@ -10,13 +10,11 @@ Norms are averaged over their elements (pixels, concept entries, latent coordina
 batch, as in the authors' implementation: the published weights (beta = 3, gamma = 0.1, ...) only
 make sense at that scale. CE(a, b) is the cross-entropy of softmax(a) against the soft targets
 softmax(b), computed with log-softmax (stable for large logits); targets never carry gradient.
-Images are in [-1, 1]; LPIPS takes them as they are.
+Images are in [-1, 1]; LPIPS takes them as they are (the network comes from
+`viscoin_core.eval.metrics.build_lpips`: 'vgg' published, 'random' offline).
 """
 
 from __future__ import annotations
-
-import warnings
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -110,43 +108,3 @@ def viscoin_loss(*, g_logits, f_logits, x_rec, x, f_rec_logits, phi, psi_kernels
         "omega_reg": omega_weight * omega_regularisation(ws, w_bar),
     }
     return sum(terms.values()), terms
-
-
-class LpipsWeightsUnavailable(RuntimeError):
-    """LPIPS with the ImageNet VGG trunk was asked for but its weights cannot be read or downloaded."""
-
-
-def build_lpips(backbone: str = "vgg") -> nn.Module:
-    """A frozen LPIPS-VGG network in eval mode.
-
-    backbone 'vgg': the published LPIPS (ImageNet VGG-16 trunk from torchvision, linear layers shipped
-    with the `lpips` package). 'random': same network with a randomly initialised trunk, so nothing
-    is downloaded (tests, CPU profiles); its values are not comparable to published LPIPS.
-    """
-    import lpips
-    import torchvision
-    if backbone not in ("vgg", "random"):
-        raise ValueError(f"lpips_backbone {backbone!r}; choose 'vgg' or 'random'")
-    if backbone == "vgg":
-        url = torchvision.models.VGG16_Weights.IMAGENET1K_V1.url
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # torchvision's note on lpips' `pretrained=`
-                net = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=False, verbose=False)
-        except Exception as err:
-            if cached.is_file():
-                raise
-            raise LpipsWeightsUnavailable(
-                f"LPIPS-VGG needs torchvision's ImageNet VGG-16 weights ({Path(url).name}), which are not in "
-                f"{cached.parent} and could not be downloaded ({type(err).__name__}: {err}). Copy the file "
-                "there, or set `lpips_backbone: random` (offline; values not comparable to published LPIPS)."
-            ) from err
-    else:
-        # A fixed seed makes the random trunk the same network in every run, so values compare across runs.
-        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # torchvision's note on lpips' `pretrained=` argument
-            torch.manual_seed(0)
-            net = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
-    net.eval().requires_grad_(False)
-    return net
