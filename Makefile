@@ -3,8 +3,9 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PROFILE ?= demo
 
-.PHONY: test demo venv clean-venv
+.PHONY: test demo mini venv bench clean-venv
 
 venv: $(STAMP)
 
@@ -15,8 +16,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e '.[dev]'
 	touch $(STAMP)
 
+# Unit tests, then every notebook (01 ... 06, in order) with its smoke defaults under nbval.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q tests --nbval-lax notebooks
+
+# Every table of the study on the synthetic stand-ins, then the figures notebook.
+demo: $(STAMP)
+	$(PY) -m viscoin_core.batch all --profile $(PROFILE)
+	$(PY) -m viscoin_core.figures --profile $(PROFILE)
+	@echo "Tables and figures are in results/$(PROFILE)/"
+
+mini:
+	$(MAKE) demo PROFILE=mini
 
 clean-venv:
 	rm -rf $(VENV)
