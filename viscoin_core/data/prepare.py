@@ -1,0 +1,285 @@
+"""Raw dataset -> resized uint8 cache + manifest.json (DESIGN 3, step 01).
+
+    python -m viscoin_core.data.prepare --params params/smoke/data_toybirds.yaml [--force] [--set key=value ...]
+
+prints the manifest path last. A cache whose manifest records other settings (or another raw tree)
+is rebuilt, never reused. For the synthetic datasets the raw tree under `root` is generated first
+when it is missing or was generated with other settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from viscoin_core.config import ConfigError, param, parse_config, read_params, repo_root, to_dict
+from viscoin_core.data import synthetic
+from viscoin_core.data.cache import (FORMAT_VERSION, MANIFEST, SPLITS, DataError, RawDataset, array_path,
+                                     cache_is_complete, checksum, read_manifest, remove_cache, write_manifest)
+from viscoin_core.data.cub import read_cub
+from viscoin_core.data.folder import read_folder
+from viscoin_core.data.nct import TRAIN_DIRS, class_weights, read_nct
+from viscoin_core.data.transforms import CROPS, bbox_box, center_box, crop_resize, load_rgb, study_box
+
+DATASETS = ("cub", "nct", "folder", "toybirds", "toytissue")
+CUB_LIKE = ("cub", "toybirds")  # datasets in CUB's layout, the only ones with bounding boxes and crops
+
+
+@dataclass
+class DataConfig:
+    """Parameters of data preparation (step 01). Paths are relative to the repository root."""
+    dataset: str = param(choices=DATASETS, help="which reader: cub, nct, folder, or a synthetic stand-in")
+    root: str = param(help="raw dataset folder; for toybirds/toytissue, where the generated tree is written")
+    cache_dir: str = param(help="where the resized cache and manifest.json go")
+    resolution: int = param(64, low=8, high=1024, help="side of the cached square images, pixels")
+    crop: str = param("center", choices=CROPS, help="CUB layout only: study (random 256 px window), center, bbox")
+    bbox_margin: float = param(0.1, low=0.0, high=1.0, help="bbox crop: margin on each side, fraction of the box's long side")
+    seed: int = param(0, low=0, help="seeds synthetic generation, the study crop and folder splits")
+    n_per_class: int = param(100, low=1, high=1_000_000, help="synthetic only: images per class and split")
+    nct_variant: str = param("norm", choices=tuple(TRAIN_DIRS), help="nct only: Macenko-normalised or NONORM train tiles")
+    test_fraction: float = param(0.2, low=0.0, high=1.0, low_open=True, help="folder only, without train/test folders")
+    max_rejected: float = param(0.01, low=0.0, high=1.0, help="fail when more than this fraction of a split is unreadable")
+    workers: int = param(2, low=1, high=64, help="processes decoding images (does not change the result)")
+
+    def __post_init__(self):
+        if self.crop != "center" and self.dataset not in CUB_LIKE:
+            raise ConfigError(f"parameter 'crop' = {self.crop!r} applies to {list(CUB_LIKE)} only; "
+                              f"dataset {self.dataset!r} takes 'center'")
+
+
+def resolve(path: str | Path) -> Path:
+    """A parameter path: absolute as given, else relative to the repository root."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else repo_root() / path
+
+
+def as_config(config: DataConfig | Mapping[str, Any] | str | Path) -> DataConfig:
+    """A DataConfig from itself, a flat mapping or a YAML parameter file."""
+    if isinstance(config, DataConfig):
+        return config
+    if isinstance(config, (str, Path)):
+        return parse_config(DataConfig, read_params(config), source=str(config))
+    return parse_config(DataConfig, dict(config), source="data parameters")
+
+
+def read_raw(config: DataConfig, root: Path) -> RawDataset:
+    """Parse the raw tree with the dataset's reader (synthetic trees share the real readers)."""
+    if config.dataset in CUB_LIKE:
+        raw = read_cub(root)
+    elif config.dataset == "nct":
+        raw = read_nct(root, config.nct_variant)
+    elif config.dataset == "toytissue":
+        raw = read_nct(root, "norm")
+    else:
+        raw = read_folder(root, config.test_fraction, config.seed)
+    if config.dataset in synthetic.DATASETS:
+        synthetic.attach_factors(raw)
+    return raw
+
+
+def requested_settings(config: DataConfig, root: Path, fingerprint: str) -> dict:
+    """Everything that decides the cache's content; a manifest must match it exactly to be reused."""
+    settings = {"format_version": FORMAT_VERSION, "dataset": config.dataset, "root": str(root),
+                "resolution": config.resolution, "source_fingerprint": fingerprint}
+    if config.dataset in CUB_LIKE:
+        settings["crop"] = config.crop
+        if config.crop == "bbox":
+            settings["bbox_margin"] = config.bbox_margin
+    if config.dataset in synthetic.DATASETS:
+        settings["n_per_class"] = config.n_per_class
+    if config.dataset == "nct":
+        settings["nct_variant"] = config.nct_variant
+    if config.dataset == "folder":
+        settings["test_fraction"] = config.test_fraction
+    if config.dataset == "folder" or (config.dataset in synthetic.DATASETS) or config.crop == "study":
+        settings["seed"] = config.seed
+    return settings
+
+
+def process_image(job: tuple) -> tuple[int, np.ndarray | None, str | None]:
+    """Load, crop and resize one image: (row, uint8 HWC or None, reason it was rejected or None)."""
+    row, path, box, crop, resolution, margin, seed = job
+    try:
+        image = load_rgb(path)
+    except Exception as err:  # PIL raises many types for bad files; record the reason, never crash
+        return row, None, f"{type(err).__name__}: {err}"
+    width, height = image.size
+    flip = False
+    if crop == "bbox":
+        if box[2] <= 0 or box[3] <= 0:
+            return row, None, f"bounding box {box} has no area"
+        window = bbox_box(width, height, box, margin)
+    elif crop == "study":
+        rng = np.random.default_rng(seed)
+        window = study_box(width, height, rng)
+        flip = bool(rng.random() < 0.5)  # the study baked one flip into every image too (DESIGN 8.7)
+    else:
+        window = center_box(width, height)
+    array = crop_resize(image, window, resolution)
+    return row, (array[:, ::-1] if flip else array), None
+
+
+def jobs_for(config: DataConfig, raw: RawDataset, split: str) -> list[tuple]:
+    part = raw.splits[split]
+    crop = config.crop if config.dataset in CUB_LIKE else "center"
+    split_code = SPLITS.index(split)
+    jobs = []
+    for row, path in enumerate(part.paths):
+        box = tuple(part.boxes[row]) if part.boxes is not None else None
+        jobs.append((row, str(path), box, crop, config.resolution, config.bbox_margin, (config.seed, split_code, row)))
+    return jobs
+
+
+def write_split(config: DataConfig, raw: RawDataset, split: str, cache_dir: Path) -> list[dict]:
+    """Decode one split into the cache; returns the rejected files (path relative to root, reason)."""
+    part = raw.splits[split]
+    jobs = jobs_for(config, raw, split)
+    res = config.resolution
+    tmp = array_path(cache_dir, split, "images.tmp")
+    images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(jobs), res, res, 3))
+    ok = np.zeros(len(jobs), dtype=bool)
+    rejected = []
+    bar = dict(total=len(jobs), desc=f"{config.dataset} {split}", unit="img", leave=False, mininterval=2)
+    if config.workers > 1 and len(jobs) >= 256:
+        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+        with context.Pool(config.workers) as pool:
+            results = tqdm(pool.imap(process_image, jobs, chunksize=32), **bar)
+            for row, array, reason in results:
+                record(row, array, reason, images, ok, rejected, part, raw.root)
+    else:
+        for job in tqdm(jobs, **bar):
+            record(*process_image(job), images, ok, rejected, part, raw.root)
+    n_rejected = int((~ok).sum())
+    if n_rejected > config.max_rejected * len(jobs):
+        del images
+        tmp.unlink(missing_ok=True)
+        listing = "; ".join(f"{r['path']}: {r['reason']}" for r in rejected[:5])
+        raise DataError(f"{raw.root}: {n_rejected} of {len(jobs)} {split} images are unreadable "
+                        f"(more than max_rejected = {config.max_rejected:.2%}): {listing}")
+    keep = np.flatnonzero(ok)
+    final = array_path(cache_dir, split, "images")
+    if len(keep) == len(jobs):
+        images.flush()
+        del images
+        tmp.replace(final)
+    else:
+        out = np.lib.format.open_memmap(final, mode="w+", dtype=np.uint8, shape=(len(keep), res, res, 3))
+        for start in range(0, len(keep), 1024):
+            out[start:start + 1024] = images[keep[start:start + 1024]]
+        out.flush()
+        del out, images
+        tmp.unlink()
+    np.save(array_path(cache_dir, split, "labels"), part.labels[keep].astype(np.int64))
+    if raw.factor_names:
+        np.save(array_path(cache_dir, split, "factors"), part.factors[keep].astype(np.float32))
+    if raw.attribute_names:
+        np.save(array_path(cache_dir, split, "attributes"), part.attributes[keep].astype(bool))
+    return rejected
+
+
+def record(row, array, reason, images, ok, rejected, part, root) -> None:
+    if array is None:
+        rejected.append({"path": str(Path(part.paths[row]).relative_to(root)), "reason": reason})
+    else:
+        images[row] = array
+        ok[row] = True
+
+
+def prepare(config: DataConfig | Mapping[str, Any] | str | Path, force: bool = False) -> Path:
+    """Build the cache described by `config` (or reuse a matching one); returns the manifest path."""
+    config = as_config(config)
+    root, cache_dir = resolve(config.root), resolve(config.cache_dir)
+    if config.dataset in synthetic.DATASETS:
+        synthetic.ensure_generated(config.dataset, root, config.n_per_class, config.resolution, config.seed,
+                                     config.workers)
+    raw = read_raw(config, root)
+    settings = requested_settings(config, root, raw.fingerprint())
+    manifest = read_manifest(cache_dir)
+    if not force and manifest is not None and manifest.get("settings") == settings and cache_is_complete(cache_dir, manifest):
+        return cache_dir / MANIFEST
+
+    start = time.time()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    remove_cache(cache_dir)
+    rejected, counts = {}, {}
+    n_classes = len(raw.class_names)
+    for split in SPLITS:
+        rejected[split] = write_split(config, raw, split, cache_dir)
+        labels = np.load(array_path(cache_dir, split, "labels"))
+        counts[split] = {"total": int(len(labels)),
+                         "per_class": np.bincount(labels, minlength=n_classes).tolist()}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "settings": settings,
+        "config": to_dict(config),
+        "source": str(root),
+        "class_names": raw.class_names,
+        "factor_names": raw.factor_names,
+        "attribute_names": raw.attribute_names,
+        "image_shape": [config.resolution, config.resolution, 3],
+        "counts": counts,
+        "class_weights": class_weights(np.maximum(counts["train"]["per_class"], 1)).tolist(),
+        "rejected": rejected,
+        "checksum": {"sha256": checksum(cache_dir)},
+        "notes": raw.notes,
+        "built_seconds": round(time.time() - start, 2),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return write_manifest(cache_dir, manifest)
+
+
+def ensure_prepared(params: DataConfig | Mapping[str, Any] | str | Path) -> Path:
+    """Prepare the cache if it is missing or stale; returns the cache directory (absolute)."""
+    return prepare(params).parent
+
+
+def summary(manifest: dict) -> str:
+    """A short human-readable account of a manifest: source, settings, counts, rejects."""
+    lines = [f"dataset {manifest['settings']['dataset']} from {manifest['source']}",
+             f"resolution {manifest['settings']['resolution']} px, settings "
+             + ", ".join(f"{k}={v}" for k, v in manifest["settings"].items()
+                         if k not in ("dataset", "root", "resolution", "source_fingerprint"))]
+    for split in SPLITS:
+        n_rej = len(manifest["rejected"][split])
+        lines.append(f"{split}: {manifest['counts'][split]['total']} images, {n_rej} rejected")
+    lines.append(f"{len(manifest['class_names'])} classes; factors: {len(manifest['factor_names'] or [])}; "
+                 f"attributes: {len(manifest['attribute_names'] or [])}")
+    lines.append(f"checksum sha256 {manifest['checksum']['sha256'][:16]}...")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m viscoin_core.data.prepare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", required=True, help="YAML parameter file (flat DataConfig keys)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one parameter")
+    parser.add_argument("--force", action="store_true", help="rebuild even when the cache matches")
+    args = parser.parse_args(argv)
+    try:
+        params = read_params(args.params)
+        for item in args.set:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+            params[key] = yaml.safe_load(value)
+        config = parse_config(DataConfig, params, source=args.params)
+        path = prepare(config, force=args.force)
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(summary(read_manifest(path.parent)), file=sys.stderr)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Image geometry and pixel conversions shared by the readers, the cache and the loaders.
+
+Boxes are (left, top, right, bottom) in pixels of the original image, right/bottom exclusive,
+floats allowed (PIL resamples sub-pixel boxes). Cached images are uint8 HWC; the loaders hand out
+float32 CHW in [-1, 1] (DESIGN 4).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+CROPS = ("study", "center", "bbox")
+STUDY_CROP = 256  # the study took one random 256x256 window of each original CUB image
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open an image fully and convert it to RGB (grayscale, palette, CMYK, RGBA all become RGB).
+
+    Raises OSError/ValueError (from PIL) on unreadable or truncated files; the caller records why.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            image.load()  # decode now: truncated files fail here, not later
+            return image.convert("RGB")
+
+
+def center_box(width: int, height: int) -> tuple[float, float, float, float]:
+    """The largest centred square."""
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    return left, top, left + side, top + side
+
+
+def study_box(width: int, height: int, rng: np.random.Generator,
+              window: int = STUDY_CROP) -> tuple[float, float, float, float]:
+    """One random square window of `window` original pixels (smaller images: their shorter side)."""
+    side = min(window, width, height)
+    left = int(rng.integers(0, width - side + 1))
+    top = int(rng.integers(0, height - side + 1))
+    return left, top, left + side, top + side
+
+
+def bbox_box(width: int, height: int, box: tuple[float, float, float, float],
+             margin: float) -> tuple[float, float, float, float]:
+    """A square around `box` (x, y, w, h as in CUB's bounding_boxes.txt) with `margin` of its long side.
+
+    The square is shifted to stay inside the image where it fits; when it is larger than the image
+    it extends past the border (the caller pads), so the box is always inside the square.
+    """
+    x, y, w, h = box
+    side = max(w, h) * (1.0 + 2.0 * margin)
+    cx, cy = x + w / 2, y + h / 2
+    left, top = cx - side / 2, cy - side / 2
+
+    def fit(start: float, extent: float, lo: float, hi: float) -> float:
+        # shift inside [0, extent] when the square fits, but never so far that the box leaves it
+        if side <= extent:
+            start = min(max(start, 0.0), extent - side)
+        return min(max(start, hi - side), lo)
+
+    left = fit(left, width, x, x + w)
+    top = fit(top, height, y, y + h)
+    return left, top, left + side, top + side
+
+
+def crop_resize(image: Image.Image, box: tuple[float, float, float, float], resolution: int,
+                resample: int = Image.Resampling.LANCZOS) -> np.ndarray:
+    """Crop `box` (padding by edge replication where it leaves the image) and resize to a square.
+
+    Returns uint8 (resolution, resolution, 3).
+    """
+    left, top, right, bottom = box
+    width, height = image.size
+    pad = int(np.ceil(max(0.0, -left, -top, right - width, bottom - height)))
+    if pad > 0:
+        padded = np.pad(np.asarray(image), ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+        image = Image.fromarray(padded)
+        left, top, right, bottom = left + pad, top + pad, right + pad, bottom + pad
+    out = image.resize((resolution, resolution), resample=resample, box=(left, top, right, bottom))
+    return np.asarray(out, dtype=np.uint8)
+
+
+def augment_uint8(image: np.ndarray, pad_fraction: float = 0.125) -> np.ndarray:
+    """Training augmentation on one uint8 (H, W, 3) image: random pad-and-crop, random h-flip.
+
+    Reflect-pads by `pad_fraction` of the side and crops a window of the original size at a random
+    offset, then flips left-right with probability 1/2. Random numbers come from torch's RNG.
+    """
+    height, width = image.shape[:2]
+    pad = max(1, int(round(pad_fraction * height)))
+    dy, dx, flip = torch.randint(0, 2 * pad + 1, (3,)).tolist()
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    out = padded[dy:dy + height, dx:dx + width]
+    if flip % 2:
+        out = out[:, ::-1]
+    return out
+
+
+def to_float_chw(image: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float32 (3, H, W) in [-1, 1]."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    return tensor.float().div_(127.5).sub_(1.0)
+
+
+def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
+    """float (..., 3, H, W) in [-1, 1] -> uint8 (..., H, W, 3), for showing and saving."""
+    array = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return array.movedim(-3, -1).cpu().numpy()
