@@ -279,8 +279,12 @@ def sync_gradients(module: torch.nn.Module) -> None:
     """Sum gradients over processes (losses are pre-scaled so the sum is the global-batch mean)."""
     if world()[1] == 1:
         return
-    params = list(module.parameters())
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+    # A parameter without a gradient (e.g. toRGB biases under the path-length penalty) has none on
+    # every process (same graph everywhere); leave it None so Adam skips it, as in one process.
+    params = [p for p in module.parameters() if p.grad is not None]
+    if not params:
+        return
+    flat = torch.cat([p.grad.flatten() for p in params])
     dist.all_reduce(flat)
     offset = 0
     for p in params:
