@@ -159,7 +159,7 @@ class CachedDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = np.asarray(self.images[index])  # (H, W, 3) uint8
+        image = np.array(self.images[index])  # (H, W, 3) uint8, copied out of the read-only map
         if self.augment:
             image = augment_uint8(image)
         return to_float_chw(image), int(self.labels[index])

@@ -24,6 +24,7 @@ def load_rgb(path: str | Path) -> Image.Image:
     Raises OSError/ValueError (from PIL) on unreadable or truncated files; the caller records why.
     """
     with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # PIL's notes on odd EXIF; real failures raise
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as image:
             image.load()  # decode now: truncated files fail here, not later
