@@ -86,3 +86,19 @@ def test_slurm_executor_runs_through_submitit(tmp_path):
     status = batch.run_all(runs, executor=executor)
     assert list(status.values()) == ["done"]
     assert json.loads((runs[0].run_dir / "metrics.json").read_text())["score"] == 3.0
+
+
+def test_row_beside_published_scales_ours_and_looks_up_theirs(tmp_path):
+    root = make_project(tmp_path)
+    tables = yaml.safe_load((root / "params" / "tables.yaml").read_text())
+    published = yaml.safe_load((root / "params" / "reference_numbers.yaml").read_text())
+    df = batch.row_beside_published({"score": 0.25}, "toytable", "a", tables, published)
+    assert df.loc["score x10", "ours"] == 2.5 and df.loc["score x10", "published"] == 3.1
+
+
+def test_the_project_tables_have_a_parameter_file_per_row_in_paper_profile():
+    tables = batch.load_tables()
+    root = batch.repo_root()
+    missing = [f"{name}: {row['params']}" for name, t in tables.items() for row in t["rows"]
+               if not (root / "params" / "paper" / row["params"]).is_file()]
+    assert not missing, f"params/paper lacks {missing}"

@@ -258,6 +258,22 @@ def build_table(table: str, profile: str, runs: list[Run], status: dict[Run, str
     return pd.DataFrame(lines)
 
 
+def row_beside_published(metrics: dict, table: str, published_row: str, tables: dict | None = None,
+                         published: dict | None = None) -> pd.DataFrame:
+    """One run's numbers beside the published row of a table (what a notebook shows after a run)."""
+    tables = tables or load_tables()
+    published = published or published_numbers()
+    spec = tables[table]
+    ref = lookup(published, f"{spec.get('published', '')}.{published_row}") or {}
+    lines = []
+    for ours, col in spec["columns"].items():
+        header, pub_key, scale = column_spec(ours, col)
+        value = metrics.get(ours)
+        lines.append({"metric": header, "ours": value * scale if isinstance(value, (int, float)) else value,
+                      "published": ref.get(pub_key) if isinstance(ref, dict) else None})
+    return pd.DataFrame(lines).set_index("metric")
+
+
 def experiments_table(profile: str, tables: dict | None = None, root: Path | None = None) -> pd.DataFrame:
     """Table 8: every experiment of Tables 1-7 in a profile with the settings its parameter file gives."""
     root = root or repo_root()
