@@ -18,6 +18,7 @@ hand and `system_from_parts` wraps the trained networks of a run.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -248,6 +249,7 @@ def consistency_score(train_pos: torch.Tensor, train_neg: torch.Tensor, test_pos
     C is picked from `Cs` by stratified `folds`-fold cross-validation on the training features
     (fewer folds when there are fewer than `folds` samples per side).
     """
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
     from sklearn.svm import LinearSVC
     x_train = torch.cat([train_pos, train_neg]).double().numpy()
@@ -259,7 +261,10 @@ def consistency_score(train_pos: torch.Tensor, train_neg: torch.Tensor, test_pos
         raise ValueError(f"consistency needs at least 2 training samples per side, got {len(train_pos)}")
     search = GridSearchCV(LinearSVC(max_iter=20000, random_state=seed), {"C": list(Cs)},
                           cv=StratifiedKFold(k, shuffle=True, random_state=seed))
-    search.fit(x_train, y_train)
+    with warnings.catch_warnings():
+        # Liblinear's iteration cap on tiny or noisy sets; the CV score already says how well it did.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        search.fit(x_train, y_train)
     return 100.0 * float(search.score(x_test, y_test)), float(search.best_params_["C"])
 
 
@@ -279,7 +284,7 @@ def concept_pool(system: System, images, n_images: int | None = None, batch_size
                  seed: int = 0, desc: str = "concepts") -> ConceptPool:
     """Run f and Psi over (a random subset of) a split, keeping Phi, Phi', activations and predictions."""
     index = _subset(len(images), n_images, torch.Generator().manual_seed(seed))
-    phis, primes, labels = [], [], []
+    phis, primes, acts, preds, labels = [], [], [], [], []
     for chunk in tqdm(index.split(batch_size), desc=desc, leave=False):
         if isinstance(images, torch.Tensor):
             batch = images[chunk]
@@ -291,8 +296,9 @@ def concept_pool(system: System, images, n_images: int | None = None, batch_size
         phi, phi_prime = system.concepts(batch)
         phis.append(phi.cpu())
         primes.append(phi_prime.cpu())
-    phi, phi_prime = torch.cat(phis), torch.cat(primes)
-    return ConceptPool(index, phi, phi_prime, pool(system.theta, phi), system.theta(phi).argmax(dim=1),
+        acts.append(pool(system.theta, phi).cpu())
+        preds.append(system.theta(phi).argmax(dim=1).cpu())
+    return ConceptPool(index, torch.cat(phis), torch.cat(primes), torch.cat(acts), torch.cat(preds),
                        torch.cat(labels) if labels else None)
 
 

@@ -1,0 +1,147 @@
+"""Figures and the whole evaluation on a tiny trained system; Grad-CAM against a hand computation."""
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest
+import torch
+import torch.nn as nn
+
+from viscoin_core.eval import METRIC_KEYS, evaluate
+from viscoin_core.eval.concepts import class_relevance, concept_pool, concept_relevance
+from viscoin_core.viz import figures
+
+
+def test_grad_cam_on_a_two_layer_network_equals_the_manual_computation():
+    torch.manual_seed(0)
+    conv1 = nn.Conv2d(2, 3, 3, padding=1)
+    conv2 = nn.Conv2d(3, 1, 1)                    # 1x1, linear: dy/dA_c = w2_c / (h w) at every pixel
+
+    def forward(x):
+        return conv2(torch.relu(conv1(x))).mean(dim=(1, 2, 3))
+    x = torch.randn(2, 2, 5, 4)
+    cam = figures.grad_cam(forward, conv1, x)
+    with torch.no_grad():
+        A = conv1(x)                               # the hooked layer's output (before the ReLU)
+        # Through the ReLU, dy/dA_c = w2_c / (h w) where A_c > 0 and 0 elsewhere.
+        grad = conv2.weight[0, :, 0, 0][None, :, None, None] * (A > 0) / (5 * 4)
+        weights = grad.mean(dim=(2, 3), keepdim=True)
+        expected = torch.relu((weights * A).sum(dim=1))
+    assert cam.shape == (2, 5, 4)
+    assert torch.allclose(cam, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="one value per sample"):
+        figures.grad_cam(lambda x: conv1(x), conv1, x)
+
+
+def test_select_concepts_by_threshold_or_top_k():
+    row = torch.tensor([0.2, 0.9, float("nan"), 0.6, -1.0])
+    assert figures.select_concepts(row, threshold=0.5) == [1, 3]
+    assert figures.select_concepts(row, top_k=3) == [1, 3, 0]
+
+
+def _written(stem):
+    for suffix in (".png", ".pdf"):
+        path = stem.with_suffix(suffix)
+        assert path.is_file() and path.stat().st_size > 1000, path
+
+
+def test_curves_and_metric_plots_write_png_and_pdf(tmp_path):
+    log = [{"iteration": i, "split": "train", "total": 1.0 / (i + 1), "rec_lpips": 0.5} for i in range(1, 30)]
+    log += [{"iteration": i, "split": "test", "g_accuracy": 10.0 + i, "total": 1.2 / (i + 1)} for i in (10, 20, 29)]
+    log += [{"iteration": i, "fid": 50.0 - i, "kid": 0.1, "fid_features": "classifier"} for i in (5, 15, 25)]
+    path = tmp_path / "log.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in log))
+    fig = figures.training_curves(path, keys=["total", "g_accuracy"], smooth=3, out=tmp_path / "curves")
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["total", "g_accuracy"]
+    _written(tmp_path / "curves")
+    figures.fid_curve(path, out=tmp_path / "fid.png")
+    _written(tmp_path / "fid")
+    figures.top_n_curve({"2": 20.0, "4": 35.0, "8": 40.0}, g_accuracy=40.0, published={2: 10.0, 8: 30.0},
+                        out=tmp_path / "top_n")
+    _written(tmp_path / "top_n")
+    figures.faithfulness_plot({"0.1": 0.3, "0.2": 0.2, "0.4": 0.05}, {"0.1": 0.02, "0.2": 0.01, "0.4": 0.0},
+                              out=tmp_path / "faith")
+    _written(tmp_path / "faith")
+    figures.factor_alignment_bars({"per_factor": {"a": 0.8, "b": 0.3}, "mean": 0.55,
+                                   "untrained": {"per_factor": {"a": 0.2, "b": 0.1}, "mean": 0.15}},
+                                  out=tmp_path / "align")
+    _written(tmp_path / "align")
+    r_kc = torch.rand(4, 10) * 2 - 1
+    r_kc[2] = float("nan")
+    figures.relevance_heatmap(r_kc, ["a", "b", "c", "d"], out=tmp_path / "heat")
+    _written(tmp_path / "heat")
+    with pytest.raises(ValueError, match="none of"):
+        figures.training_curves(path, keys=["missing"])
+
+
+# ------------------------------------------------------------------------------------------------
+# A tiny trained system: toytissue at 32 px, random f and G, one VisCoIN iteration.
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from viscoin_core.data.prepare import prepare
+    from viscoin_core.train.viscoin import train_viscoin
+    root = tmp_path_factory.mktemp("tiny")
+    prepare({"dataset": "toytissue", "root": str(root / "raw"), "cache_dir": str(root / "cache"),
+             "resolution": 32, "n_per_class": 3, "workers": 1})
+    config = dict(f="random", G="random", cache_dir=str(root / "cache"), n_concepts=6, latent_channels=8,
+                  iterations=2, batch_real=2, batch_fake=1, log_every=1, eval_every=1, eval_subset=4,
+                  final_eval_images=4, lpips_backbone="random", fid_features="classifier", g_channel_base=128,
+                  g_channel_max=16, g_w_dim=16, coarse_layer=1, mid_layer=4, device="cpu")
+    train_viscoin(config, root / "run")
+    return root / "run"
+
+
+def test_evaluate_fills_every_design_key(tiny_run):
+    result = evaluate(tiny_run, n_images=12, consistency_samples=4, consistency_concepts=2, batch_size=12)
+    stored = json.loads((tiny_run / "metrics.json").read_text())
+    for key in (*METRIC_KEYS, "factor_alignment"):
+        assert key in result and key in stored, key
+    assert stored["fid_features"] == "classifier" and stored["lpips_backbone"] == "random"
+    assert set(stored["faithfulness"]) == {"0.1", "0.2", "0.4"} == set(stored["faithfulness_random"])
+    assert set(stored["sparsity"]) == {"0.2", "0.5", "0.7"}
+    assert list(stored["top_n_accuracy"]) == ["2", "4", "6"]
+    assert stored["top_n_accuracy"]["6"] == pytest.approx(stored["g_accuracy"])
+    assert stored["n_test_images"] == 12
+    assert set(stored["consistency"]) >= {"mean", "std"}
+    assert set(stored["factor_alignment"]["per_factor"]) == set(stored["factor_alignment"]["untrained"]["per_factor"])
+    assert (tiny_run / "relevance.pt").is_file()
+
+
+def test_every_figure_function_runs_on_the_tiny_system(tiny_run, tmp_path):
+    from viscoin_core.eval import load_system_and_test_split
+    system, test, names = load_system_and_test_split(tiny_run)
+    x = torch.stack([test[i][0] for i in range(3)])
+    cp = concept_pool(system, x)
+    r_kc = class_relevance(concept_relevance(cp.phi, system.theta, cp.predicted), cp.predicted, len(names))
+    c = int(cp.predicted[0])
+    concepts = figures.select_concepts(r_kc[c], top_k=2)
+    fig = figures.concept_grid(system, x, concepts, names[c], out=tmp_path / "grid")
+    assert names[c] in fig._suptitle.get_text() and str(concepts) in fig._suptitle.get_text()
+    assert len(fig.axes) == 3 * 4
+    _written(tmp_path / "grid")
+    figures.amplification_strip(system, x[:2], concepts, out=tmp_path / "strip")
+    _written(tmp_path / "strip")
+    figures.grad_cam_figure(system, x[:2], concepts, out=tmp_path / "cam")
+    _written(tmp_path / "cam")
+    cam = figures.concept_cam(system, x, concepts[0])
+    assert cam.shape == (3, 32, 32) and float(cam.max()) <= 1.0 + 1e-6
+    # Lambda = 1 is the plain reconstruction.
+    phi, phi_prime = system.concepts(x)
+    assert torch.allclose(figures.edit_concepts(system, x, concepts, 1.0), system.reconstruct(phi, phi_prime))
+    figures.training_curves(tiny_run / "log.jsonl", out=tmp_path / "train")
+    _written(tmp_path / "train")
+
+
+def test_figures_for_run_writes_the_set(tiny_run, tmp_path):
+    if not (tiny_run / "relevance.pt").exists():
+        evaluate(tiny_run, n_images=12, consistency_samples=4, consistency_concepts=2, batch_size=12)
+    figs = figures.figures_for_run(tiny_run, tmp_path, n_classes_shown=1, n_images=2, max_test_images=12)
+    assert {"relevance_heatmap", "training_curves", "top_n_accuracy", "faithfulness", "factor_alignment"} <= set(figs)
+    assert any(name.startswith("concept_grid_") for name in figs)
+    for name in figs:
+        _written(tmp_path / name)
