@@ -47,8 +47,143 @@ def emit(record: dict) -> None:
     print(json.dumps(record), flush=True)
 
 
+def bench_data(args: argparse.Namespace) -> None:
+    """Data throughput: synthetic generation at 64 px (drawn and written as PNG, 2 processes) and
+    cache reads at 64 and 256 px through a DataLoader with training augmentation and 2 workers."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from viscoin_core.data import load_split, synthetic
+    from viscoin_core.data.cache import array_path, write_manifest
+
+    big = args.size == "paper"
+    scratch = Path(tempfile.mkdtemp(prefix="viscoin_bench_data_"))
+    try:
+        rates, total_images, total_seconds = {}, 0, 0.0
+        for dataset, per_class in (("toybirds", 400 if big else 100), ("toytissue", 500 if big else 120)):
+            start = time.perf_counter()
+            synthetic.generate(dataset, scratch / dataset, per_class, 64, seed=0, workers=2)
+            seconds = time.perf_counter() - start
+            n = 2 * per_class * (12 if dataset == "toybirds" else 9)
+            rates[f"{dataset}_images_per_second"] = round(n / seconds, 1)
+            total_images, total_seconds = total_images + n, total_seconds + seconds
+        emit({"name": "synthetic_generation", "resolution": 64, "images": total_images, "workers": 2,
+              "images_per_second": round(total_images / total_seconds, 1), **rates})
+
+        for resolution, n in ((64, 20000 if big else 6000), (256, 4000 if big else 1200)):
+            cache = scratch / f"cache_{resolution}"
+            cache.mkdir()
+            rng = np.random.default_rng(0)
+            images = np.lib.format.open_memmap(array_path(cache, "train", "images"), mode="w+", dtype=np.uint8,
+                                               shape=(n, resolution, resolution, 3))
+            for start in range(0, n, 500):
+                images[start:start + 500] = rng.integers(0, 256, images[start:start + 500].shape, dtype=np.uint8)
+            images.flush()
+            del images
+            np.save(array_path(cache, "train", "labels"), np.arange(n) % 10)
+            for split in ("test",):  # an empty test split keeps the cache complete
+                np.save(array_path(cache, split, "images"), np.zeros((0, resolution, resolution, 3), np.uint8))
+                np.save(array_path(cache, split, "labels"), np.zeros(0, np.int64))
+            write_manifest(cache, {"settings": {"resolution": resolution}, "class_names": [str(c) for c in range(10)],
+                                   "factor_names": None, "attribute_names": None,
+                                   "counts": {"train": {"total": n}, "test": {"total": 0}}})
+            dataset = load_split(cache, "train", augment=True)
+            loader = torch.utils.data.DataLoader(dataset, batch_size=64, shuffle=True, num_workers=2,
+                                                 persistent_workers=False)
+            iterator = iter(loader)
+            next(iterator)  # workers started
+            start, seen = time.perf_counter(), 0
+            for images, _ in iterator:
+                seen += len(images)
+            seconds = time.perf_counter() - start
+            emit({"name": f"cache_read_{resolution}", "resolution": resolution, "images": seen, "workers": 2,
+                  "batch": 64, "augment": True, "images_per_second": round(seen / seconds, 1)})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def bench_gan(args: argparse.Namespace) -> None:
+    """StyleGAN2-ADA training step (G main, lazy path length, D main, lazy R1, EMA, ADA at p = 0.2).
+
+    smoke: the small G/D at 32 and 64 px, batch 16; paper: paper256 at 256 px, batch 16 per device.
+    Steps are timed back to back from step 0 (mean, not median), so the lazy regularisation steps
+    (every 4th and 16th) count at their real rate; kimg_per_hour follows from it.
+    """
+    from viscoin_core.config import parse_config
+    from viscoin_core.train import gan
+    from viscoin_core.train.loop import pick_device
+
+    device = pick_device(args.device)
+    cases = [("small", 32, 16), ("small", 64, 16)] if args.size == "smoke" else [("paper256", 256, 16)]
+    for arch, resolution, batch in cases:
+        config = parse_config(gan.GanConfig, dict(data="unused", start="scratch", kimg=1, arch=arch, batch=batch,
+                                                  fid_images=0, augment_p=0.2, device=str(device)))
+        G, D, G_ema = gan.start_networks(config, resolution)
+        G, D, G_ema = G.to(device), D.to(device), G_ema.to(device).eval().requires_grad_(False)
+        G_opt, D_opt = gan.make_optimizers(G, D, config)
+        state = gan.GanState(G, D, G_ema, G_opt, D_opt, gan.make_ada(config), torch.zeros((), device=device))
+        data = torch.rand(64, 3, resolution, resolution) * 2 - 1
+        reals_of = lambda idx, mirror: data[idx]
+
+        def step():
+            draws = gan.draw_step(config, state.step, len(data), G.z_dim, G.num_ws, 3, resolution, state.p)
+            gan.train_step(state, config, reals_of, draws, device)
+
+        step()                                     # warm-up (also runs both regularisers)
+        state.step = 0
+        steps = max(args.steps, 1)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = (time.perf_counter() - start) / steps
+        emit({"name": "gan", "size": args.size, "arch": arch, "resolution": resolution, "device": str(device),
+              "threads": torch.get_num_threads(), "batch": batch, "steps": steps,
+              "seconds_per_step": round(seconds, 4), "kimg_per_hour": round(batch / seconds * 3.6, 2),
+              "n_params_G": sum(p.numel() for p in G.parameters()),
+              "n_params_D": sum(p.numel() for p in D.parameters()), "peak_mem_mb": round(peak_mem_mb(device), 1)})
+
+
+def bench_classifier(args: argparse.Namespace) -> None:
+    """Classifier f training step (forward, cross entropy, backward, Adam): smoke resnet18 at 32 and 64 px,
+    batch 32; paper resnet50 at 256 px, batch 32 (the study's setting)."""
+    import torch.nn.functional as F
+
+    from viscoin_core.nets.classifier import build_classifier
+    from viscoin_core.train.loop import pick_device
+
+    device = pick_device(args.device)
+    cases = [("resnet18", 32, 32), ("resnet18", 64, 32)] if args.size == "smoke" else [("resnet50", 256, 32)]
+    for arch, resolution, batch in cases:
+        f = build_classifier(arch, n_classes=200, pretrained=False).to(device)
+        opt = torch.optim.Adam(f.parameters(), lr=1e-4)
+        x = torch.rand(batch, 3, resolution, resolution, device=device) * 2 - 1
+        y = torch.randint(0, 200, (batch,), device=device)
+
+        def step():
+            loss = F.cross_entropy(f(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        seconds = time_steps(step, max(args.steps, 1), device)
+        emit({"name": "classifier", "size": args.size, "arch": arch, "resolution": resolution, "device": str(device),
+              "batch": batch, "steps": args.steps, "seconds_per_step": round(seconds, 4),
+              "images_per_second": round(batch / seconds, 1), "peak_mem_mb": round(peak_mem_mb(device), 1)})
+
+
 # name -> "module:function"; each function takes the parsed argparse namespace and emits JSON lines.
-BENCHMARKS: dict[str, str] = {}
+BENCHMARKS: dict[str, str] = {
+    "data": "viscoin_core.bench:bench_data",
+    "gan": "viscoin_core.bench:bench_gan",
+    "classifier": "viscoin_core.bench:bench_classifier",
+}
 
 
 def main(argv: list[str] | None = None) -> None:
