@@ -17,7 +17,7 @@ from viscoin_core.data.cub import read_cub
 from viscoin_core.data.folder import read_folder
 from viscoin_core.data.nct import class_weights, read_nct
 from viscoin_core.data.prepare import DataConfig, ensure_prepared, main, prepare
-from viscoin_core.data.transforms import augment_uint8, bbox_box, center_box, crop_resize, study_box
+from viscoin_core.data.transforms import augment_uint8, augmented_float_chw, bbox_box, center_box, crop_resize, study_box
 
 # ----------------------------------------------------------------------------- fixture builders
 
@@ -376,3 +376,12 @@ def test_cli_prints_manifest_path_last(tmp_path, capsys):
     assert read_manifest(tmp_path / "cache")["settings"]["resolution"] == 12
     assert ensure_prepared(params) == tmp_path / "cache"  # resolution 16 again: rebuilt, path returned
     assert main(["--params", str(params), "--set", "crop=diagonal"]) == 2
+
+
+def test_augmented_tensor_matches_the_uint8_augmentation():
+    image = np.random.default_rng(1).integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    for seed in range(10):
+        torch.manual_seed(seed)
+        want = torch.from_numpy(np.ascontiguousarray(augment_uint8(image))).permute(2, 0, 1).float() / 127.5 - 1
+        torch.manual_seed(seed)
+        assert torch.allclose(augmented_float_chw(image), want)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from viscoin_core.data.transforms import augment_uint8, to_float_chw
+from viscoin_core.data.transforms import augmented_float_chw, to_float_chw
 
 SPLITS = ("train", "test")
 MANIFEST = "manifest.json"
@@ -159,10 +159,10 @@ class CachedDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = np.array(self.images[index])  # (H, W, 3) uint8, copied out of the read-only map
+        image = self.images[index]  # (H, W, 3) uint8 view of the read-only map
         if self.augment:
-            image = augment_uint8(image)
-        return to_float_chw(image), int(self.labels[index])
+            return augmented_float_chw(image), int(self.labels[index])
+        return to_float_chw(np.array(image)), int(self.labels[index])
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -87,20 +87,34 @@ def crop_resize(image: Image.Image, box: tuple[float, float, float, float], reso
     return np.asarray(out, dtype=np.uint8)
 
 
-def augment_uint8(image: np.ndarray, pad_fraction: float = 0.125) -> np.ndarray:
-    """Training augmentation on one uint8 (H, W, 3) image: random pad-and-crop, random h-flip.
+def random_window(image: np.ndarray, pad_fraction: float = 0.125) -> tuple[np.ndarray, bool]:
+    """The random part of training augmentation on one uint8 (H, W, 3) image.
 
-    Reflect-pads by `pad_fraction` of the side and crops a window of the original size at a random
-    offset, then flips left-right with probability 1/2. Random numbers come from torch's RNG.
+    Reflect-pads by `pad_fraction` of the side and takes a window of the original size at a random
+    offset; also draws whether to flip left-right (probability 1/2). Random numbers come from
+    torch's RNG, so DataLoader worker seeding makes them repeatable. Returns (contiguous window, flip).
     """
     height, width = image.shape[:2]
     pad = max(1, int(round(pad_fraction * height)))
     dy, dx, flip = torch.randint(0, 2 * pad + 1, (3,)).tolist()
     padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
-    out = padded[dy:dy + height, dx:dx + width]
-    if flip % 2:
-        out = out[:, ::-1]
-    return out
+    return np.ascontiguousarray(padded[dy:dy + height, dx:dx + width]), bool(flip % 2)
+
+
+def augment_uint8(image: np.ndarray, pad_fraction: float = 0.125) -> np.ndarray:
+    """Training augmentation on one uint8 (H, W, 3) image: random pad-and-crop, random h-flip."""
+    window, flip = random_window(image, pad_fraction)
+    return window[:, ::-1] if flip else window
+
+
+def augmented_float_chw(image: np.ndarray, pad_fraction: float = 0.125) -> torch.Tensor:
+    """`augment_uint8` then `to_float_chw`, with the flip done by torch (a negative-stride numpy
+    copy is several times slower): float32 (3, H, W) in [-1, 1]."""
+    window, flip = random_window(image, pad_fraction)
+    tensor = torch.from_numpy(window).permute(2, 0, 1)
+    if flip:
+        tensor = tensor.flip(-1)
+    return tensor.float().div_(127.5).sub_(1.0)
 
 
 def to_float_chw(image: np.ndarray) -> torch.Tensor:
