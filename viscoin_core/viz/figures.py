@@ -119,9 +119,10 @@ def amplification_strip(system: System, images: torch.Tensor, concepts: Sequence
             _show(axes[i, j + 1], rendered[j][i], f"lambda = {lam:g}" if i == 0 else None)
         diff = (rendered[int(np.argmax(lambdas))][i] - plain[i]).abs().mean(dim=0).cpu().numpy()
         ax = axes[i, -1]
-        ax.imshow(diff, cmap="magma")
+        ax.imshow(diff, cmap="magma", vmin=0, vmax=max(float(diff.max()), 1e-6))
         ax.set_xticks([])
         ax.set_yticks([])
+        ax.set_xlabel(f"max {diff.max():.3f}", fontsize=7)   # each map has its own scale
         if i == 0:
             ax.set_title(f"|x(lambda={max(lambdas):g}) - x~|", fontsize=8)
     fig.suptitle(f"amplifying concepts {list(concepts)}", fontsize=10)
@@ -163,6 +164,15 @@ def _split_name(key: str) -> tuple[str, str]:
     return key, "train"
 
 
+def _base_name(key: str) -> str:
+    # Evaluations log loss terms as loss_<term>; training logs them as <term>: one panel for both.
+    return key[len("loss_"):] if key.startswith("loss_") else key
+
+
+# Bookkeeping fields, not curves worth a panel unless asked for by name.
+NOT_CURVES = {"lr", "seconds_per_iteration", "n_images", "kid_std", "epoch", "kimg", "step"}
+
+
 def training_curves(log: str | Path | Sequence[Mapping], keys: Sequence[str] | None = None,
                     smooth: int = 1, out: str | Path | None = None) -> Figure:
     """One panel per logged quantity against the iteration, training and test curves together
@@ -179,18 +189,19 @@ def training_curves(log: str | Path | Sequence[Mapping], keys: Sequence[str] | N
             if key == x_key or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
             base, split = _split_name(key)
+            base = _base_name(base)
             split = r.get("split", split)      # trainers tag whole records with "split": "train" | "test"
             xs, ys = series.setdefault(base, {}).setdefault(split, ([], []))
             xs.append(r[x_key])
             ys.append(value)
-    names = [k for k in (keys or sorted(series)) if k in series]
+    names = [k for k in (keys or sorted(set(series) - NOT_CURVES)) if k in series]
     if not names:
         raise ValueError(f"none of {list(keys or [])} is in the log (it has {sorted(series)})")
     cols = min(3, len(names))
     rows = -(-len(names) // cols)
     fig, axes = _new_figure(rows, cols, (4.0 * cols, 2.8 * rows))
     for ax, name in zip(axes.flat, names):
-        for split, (xs, ys) in sorted(series[name].items()):
+        for split, (xs, ys) in sorted(series[name].items(), key=lambda item: item[0] != "train"):
             ys = np.asarray(ys, dtype=float)
             if split == "train" and smooth > 1 and len(ys) >= smooth:
                 ys = np.convolve(ys, np.ones(smooth) / smooth, mode="same")
