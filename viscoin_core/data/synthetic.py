@@ -101,7 +101,8 @@ def downsample(image: np.ndarray, factor: int) -> np.ndarray:
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
+    """float [0, 1] -> uint8, rounded."""
+    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def uniform(rng: np.random.Generator, ranges: np.ndarray) -> np.ndarray:
@@ -110,10 +111,16 @@ def uniform(rng: np.random.Generator, ranges: np.ndarray) -> np.ndarray:
 
 
 def paint(canvas: np.ndarray, mask: np.ndarray, colour: np.ndarray) -> None:
-    """canvas (n, H, W, 3) <- colour (3,), (n, 3) or (n, H, W, 3) where mask (n, H, W) in [0, 1] (soft)."""
+    """canvas (n, H, W, 3) <- colour (3,), (n, 3) or broadcastable to (n, H, W, 3), where mask
+    (n, H, W) in [0, 1] says how much (soft edges blend)."""
     where = np.nonzero(mask)  # parts cover a small share of the frame: touch only their pixels
     weight = mask[where][:, None]
-    target = colour if colour.ndim == 1 else colour[where[0]] if colour.ndim == 2 else colour[where]
+    if colour.ndim == 1:
+        target = colour
+    elif colour.ndim == 2:
+        target = colour[where[0]]
+    else:
+        target = np.broadcast_to(colour, mask.shape + (3,))[where]
     canvas[where] += weight * (target - canvas[where])
 
 
@@ -282,8 +289,6 @@ def draw_toybirds(factors: np.ndarray, rng: np.random.Generator, resolution: int
 
     v, u = np.meshgrid((np.arange(size, dtype=np.float32) + 0.5) / size,
                        (np.arange(size, dtype=np.float32) + 0.5) / size, indexing="ij")
-    x = (u - g["position_x"]) / g["scale"] * g["facing"]  # bird units, x towards the beak
-    y = (v - g["position_y"]) / g["scale"]
     edge = 1.2 / (size * g["scale"])  # one rendered pixel, in bird units
 
     shade = factors[:, col["plumage_shade"]]
@@ -300,7 +305,16 @@ def draw_toybirds(factors: np.ndarray, rng: np.random.Generator, resolution: int
     tilt = rng.uniform(-0.12, 0.12, (n, 1, 1)).astype(np.float32)
     perch = np.clip((0.018 - np.abs(v - perch_y - tilt * (u - g["position_x"]))) * size / 1.2 + 0.5, 0, 1)
     paint(canvas, perch, np.array([0.30, 0.21, 0.13], np.float32))
-    bird = np.zeros((n, size, size), np.float32)
+
+    # The bird is drawn on a window around it (the same size for the whole batch), not the frame.
+    rows, cols, window = bird_window(factors, size)
+    frame = canvas
+    canvas = frame[window]  # (n, h, w, 3) copy of the frame under each bird
+    u = (cols[:, None, :] + 0.5) / size  # (n, 1, w)
+    v = (rows[:, :, None] + 0.5) / size  # (n, h, 1)
+    x = (u - g["position_x"]) / g["scale"] * g["facing"]  # bird units, x towards the beak
+    y = (v - g["position_y"]) / g["scale"]
+    bird = np.zeros(canvas.shape[:3], np.float32)
 
     def part(mask, colour):
         nonlocal bird
@@ -344,10 +358,34 @@ def draw_toybirds(factors: np.ndarray, rng: np.random.Generator, resolution: int
     part(ellipse(x, y, 0.31, -0.17, 0.032, 0.032, edge), np.full((n, 3), 0.97, np.float32))
     part(ellipse(x, y, 0.315, -0.17, 0.02, 0.02, edge), np.full((n, 3), 0.03, np.float32))
 
-    image = downsample(canvas, supersample)
+    frame[window] = canvas
+    full_mask = np.zeros((n, size, size), np.float32)
+    full_mask[window] = bird
+    image = downsample(frame, supersample)
     image = image + rng.normal(0, 0.012, image.shape).astype(np.float32)  # sensor grain
-    mask = downsample(bird[..., None], supersample)[..., 0] > 0.5
+    mask = downsample(full_mask[..., None], supersample)[..., 0] > 0.5
     return to_uint8(image), mask
+
+
+def bird_window(factors: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """Pixel rows (n, h) and columns (n, w) of a window holding each bird, and the fancy index
+    that cuts those windows out of an (n, size, size, ...) array. h and w are shared by the batch."""
+    col = {name: i for i, name in enumerate(TOYBIRD_FACTORS)}
+    scale, facing = factors[:, col["scale"]], factors[:, col["facing"]]
+    back = BACK_BASE + factors[:, col["tail_length"]]
+    left = factors[:, col["position_x"]] - np.where(facing > 0, back, FRONT) * scale
+    right = factors[:, col["position_x"]] + np.where(facing > 0, FRONT, back) * scale
+    top = factors[:, col["position_y"]] - TOP * scale
+    bottom = factors[:, col["position_y"]] + BOTTOM * scale
+    margin = 3  # soft edges reach about a pixel past the outline
+    w = int(min(size, np.ceil((right - left).max() * size) + 2 * margin))
+    h = int(min(size, np.ceil((bottom - top).max() * size) + 2 * margin))
+    x0 = np.clip(np.floor(left * size).astype(int) - margin, 0, size - w)
+    y0 = np.clip(np.floor(top * size).astype(int) - margin, 0, size - h)
+    rows = y0[:, None] + np.arange(h)[None, :]
+    cols = x0[:, None] + np.arange(w)[None, :]
+    index = (np.arange(len(factors))[:, None, None], rows[:, :, None], cols[:, None, :])
+    return rows.astype(np.float32), cols.astype(np.float32), index
 
 
 def mask_boxes(masks: np.ndarray) -> np.ndarray:
@@ -400,11 +438,10 @@ def region(rng: np.random.Generator, fraction: np.ndarray, size: int, sigma: flo
     """A soft mask covering about `fraction` of each image, shaped by smooth noise: (n, size, size)."""
     field = smooth_noise(rng, len(fraction), size, sigma)
     threshold = -ndtri(np.clip(fraction, 1e-4, 1 - 1e-4))[:, None, None].astype(np.float32)
-    mask = expit((field - threshold) * softness).astype(np.float32)
-    return np.where(fraction[:, None, None] <= 0, 0.0, mask).astype(np.float32)
+    return expit((field - threshold) * softness).astype(np.float32)
 
 
-def nearest_two(rng: np.random.Generator, n: int, size: int, points: int, jitter: np.ndarray | None = None,
+def nearest_two(rng: np.random.Generator, n: int, size: int, points: int,
                 count: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Distances (fraction of the side) to the nearest and second-nearest of `points` random seeds.
 
@@ -414,48 +451,78 @@ def nearest_two(rng: np.random.Generator, n: int, size: int, points: int, jitter
     if count is not None:
         seeds[np.arange(points)[None, :] >= np.asarray(count)[:, None]] = 100.0
     grid = (np.arange(size, dtype=np.float32) + 0.5) / size
-    d = np.sqrt((grid[None, :, None, None] - seeds[:, None, None, :, 1]) ** 2
-                + (grid[None, None, :, None] - seeds[:, None, None, :, 0]) ** 2)  # (n, H, W, points)
-    if jitter is not None:
-        d = d + jitter[..., None]
-    part = np.partition(d, 1, axis=-1)
-    return part[..., 0], part[..., 1]
+    first = np.full((n, size, size), np.inf, np.float32)
+    second = np.full((n, size, size), np.inf, np.float32)
+    for k in range(points):  # running two smallest squared distances: no (n, H, W, points) array
+        d = (grid[None, :, None] - seeds[:, k, 1, None, None]) ** 2 + (grid[None, None, :] - seeds[:, k, 0, None, None]) ** 2
+        np.minimum(second, np.maximum(first, d), out=second)
+        np.minimum(first, d, out=first)
+    return np.sqrt(first), np.sqrt(second)
+
+
+def on_rows(active: np.ndarray, size: int, layer, outputs: int = 1):
+    """Draw `layer(rows)` only for the images where `active` holds; zeros elsewhere.
+
+    layer returns one (k, size, size) array, or a tuple of `outputs` of them; the result has the same
+    structure at full batch size (n, size, size). Most texture layers belong to a few classes, and
+    drawing them only there keeps generation fast.
+    """
+    rows = np.flatnonzero(active)
+    out = [np.zeros((len(active), size, size), np.float32) for _ in range(outputs)]
+    if len(rows):
+        drawn = layer(rows)
+        for full, part in zip(out, drawn if outputs > 1 else (drawn,)):
+            full[rows] = part
+    return out[0] if outputs == 1 else tuple(out)
 
 
 def draw_tissue(factors: np.ndarray, rng: np.random.Generator, resolution: int) -> np.ndarray:
-    """Render H&E-like tiles with the given factors: uint8 (n, resolution, resolution, 3)."""
+    """Render H&E-like tiles with the given factors: uint8 (n, resolution, resolution, 3).
+
+    Each layer adds hematoxylin (nuclei, purple) or eosin (cytoplasm, fibres, pink) concentration;
+    the two become RGB by Beer-Lambert with the stain vectors, scaled by the per-image stain jitter.
+    """
     n, size = len(factors), resolution
     f = {name: factors[:, i] for i, name in enumerate(TISSUE_FACTORS)}
     e3 = lambda a: a[:, None, None]  # noqa: E731  (n,) -> (n, 1, 1)
     px = 1.0 / size
+    present = lambda name: f[name] > 0.01  # noqa: E731
 
-    background = region(rng, f["background_fraction"], size, 0.12, 3.0)
+    background = on_rows(present("background_fraction"), size,
+                         lambda r: region(rng, f["background_fraction"][r], size, 0.12, 3.0))
     tissue = 1 - background
     # stroma/muscle fibres: noise stretched along a per-image direction
     angle = rng.uniform(0, np.pi, n).astype(np.float32)
-    fibres = smooth_noise(rng, n, size, 0.012, anisotropy=1 + 9 * f["fibre_alignment"], angle=angle)
-    fibres = expit(2.5 * fibres)
-    eosin = tissue * (0.22 + 0.10 * smooth_noise(rng, n, size, 0.05) * 0.5)
+    fibres = expit(2.5 * smooth_noise(rng, n, size, 0.012, anisotropy=1 + 9 * f["fibre_alignment"], angle=angle))
+    eosin = tissue * (0.22 + 0.05 * smooth_noise(rng, n, size, 0.05))
     eosin += tissue * e3(f["fibre_density"]) * 0.75 * fibres
-    hema = tissue * 0.05 * np.ones_like(eosin)
+    hema = tissue * 0.05
 
     # fat: Voronoi cells of large vacuoles, thin eosin membranes, empty (white) inside
-    fat = region(rng, f["fat_fraction"], size, 0.2, 3.0) * tissue
-    d1, d2 = nearest_two(rng, n, size, 18)
-    membrane = np.exp(-(((d2 - d1) / (1.6 * px + 0.006)) ** 2))
+    def fat_layer(rows):
+        d1, d2 = nearest_two(rng, len(rows), size, 18)
+        return region(rng, f["fat_fraction"][rows], size, 0.2, 3.0), np.exp(-(((d2 - d1) / (1.6 * px + 0.006)) ** 2))
+    fat, membrane = on_rows(present("fat_fraction"), size, fat_layer, outputs=2)
+    fat *= tissue
     eosin = eosin * (1 - fat) + fat * 0.55 * membrane
     hema = hema * (1 - fat)
 
     # mucus: pale, wispy, blue-grey
-    mucus = region(rng, f["mucus_fraction"], size, 0.15, 3.0) * tissue * (1 - fat)
-    wisps = expit(2 * smooth_noise(rng, n, size, 0.02, anisotropy=3, angle=angle))
+    mucus = on_rows(present("mucus_fraction"), size, lambda r: region(rng, f["mucus_fraction"][r], size, 0.15, 3.0))
+    mucus *= tissue * (1 - fat)
+    wisps = on_rows(present("mucus_fraction"), size,
+                    lambda r: expit(2 * smooth_noise(rng, len(r), size, 0.02, anisotropy=3, angle=angle[r])))
     eosin = eosin * (1 - mucus) + mucus * (0.05 + 0.06 * wisps)
     hema = hema * (1 - mucus) + mucus * (0.14 + 0.14 * wisps)
 
     # glands: lumens (white) ringed by epithelium whose nuclei line the lumen
     count = np.where(f["gland_fraction"] > 0, 1 + np.rint(f["gland_fraction"] * 3), 0).astype(int)
-    gland_jitter = 0.02 * e3(f["nuclei_irregularity"]) * smooth_noise(rng, n, size, 0.03)
-    gd, _ = nearest_two(rng, n, size, 4, gland_jitter, count)
+
+    def gland_distance(rows):
+        jitter = 0.02 * e3(f["nuclei_irregularity"][rows]) * smooth_noise(rng, len(rows), size, 0.03)
+        return nearest_two(rng, len(rows), size, 4, count[rows])[0] + jitter
+    gd = on_rows(count > 0, size, gland_distance)
+    gd[count == 0] = 9.0  # far from any gland
     radius = e3(0.15 + 0.1 * f["gland_fraction"])
     lumen = expit((radius * 0.45 - gd) / (1.2 * px))
     epithelium = expit((radius - gd) / (1.2 * px)) * (1 - lumen)
@@ -469,21 +536,24 @@ def draw_tissue(factors: np.ndarray, rng: np.random.Generator, resolution: int) 
     seeds = (rng.random((n, size, size), dtype=np.float32) < e3(per_pixel)).astype(np.float32)
     elongation = 1 + 1.8 * f["fibre_alignment"] * f["fibre_density"]
     blobs = blur(seeds, radius_px / 1.4, anisotropy=elongation, angle=angle + np.pi / 2)
-    ragged = e3(f["nuclei_irregularity"]) * 0.45 * smooth_noise(rng, n, size, 0.6 / size + 0.004)
-    nuclei = expit((blobs - 0.5 + ragged) * 10) * tissue * (1 - lumen) * (1 - 0.8 * fat)
-    chromatin = 0.85 + 0.25 * smooth_noise(rng, n, size, 0.5 / size) * 0.5
-    hema = hema + nuclei * chromatin * (1.0 + 0.3 * e3(f["nuclei_irregularity"]))
+    texture = smooth_noise(rng, n, size, 0.6 / size + 0.004)  # ragged edges and chromatin
+    nuclei = expit((blobs - 0.5 + e3(f["nuclei_irregularity"]) * 0.45 * texture) * 10)
+    nuclei *= tissue * (1 - lumen) * (1 - 0.8 * fat)
+    hema = hema + nuclei * (0.95 + 0.1 * texture) * (1.0 + 0.3 * e3(f["nuclei_irregularity"]))
     eosin = eosin * (1 - 0.5 * nuclei)
 
     # debris: karyorrhectic fragments and eosinophilic smudges
-    bits = (rng.random((n, size, size), dtype=np.float32) < e3(f["debris_density"] * 0.05)).astype(np.float32)
-    fragments = np.clip(blur(bits, np.full(n, 0.7 + 0.006 * size, np.float32)), 0, 1)
-    smudge = expit(2 * smooth_noise(rng, n, size, 0.04))
+    def debris_layer(rows):
+        bits = (rng.random((len(rows), size, size), dtype=np.float32) < e3(f["debris_density"][rows] * 0.05))
+        fragments = np.clip(blur(bits.astype(np.float32), np.full(len(rows), 0.7 + 0.006 * size, np.float32)), 0, 1)
+        return fragments, expit(2 * smooth_noise(rng, len(rows), size, 0.04))
+    fragments, smudge = on_rows(present("debris_density"), size, debris_layer, outputs=2)
     hema = hema + e3(f["debris_density"]) * (0.8 * fragments + 0.1 * smudge)
     eosin = eosin + e3(f["debris_density"]) * 0.25 * smudge * tissue
 
     # glass: faint dust on the empty slide
-    dust = 0.03 * np.clip(smooth_noise(rng, n, size, 0.03), 0, None)
+    dust = on_rows(present("background_fraction"), size,
+                   lambda r: 0.03 * np.clip(smooth_noise(rng, len(r), size, 0.03), 0, None))
     hema, eosin = hema + background * dust, eosin + background * dust
 
     od = (hema[..., None] * HEMATOXYLIN * e3(f["stain_hematoxylin"])[..., None]
