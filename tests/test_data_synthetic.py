@@ -148,3 +148,17 @@ def test_refuses_to_overwrite_a_foreign_folder(tmp_path):
     (tmp_path / "mine" / "thesis.txt").write_text("precious")
     with pytest.raises(DataError, match="not a generated toybirds tree"):
         S.ensure_generated("toybirds", tmp_path / "mine", 2, 32, 0)
+
+
+def _prepare_in_child(params):
+    return str(prepare(params))
+
+
+def test_concurrent_prepares_of_one_cache_agree(tmp_path):
+    import multiprocessing
+    params = {"dataset": "toytissue", "root": str(tmp_path / "raw"), "cache_dir": str(tmp_path / "cache"),
+              "resolution": 16, "n_per_class": 2, "seed": 2, "workers": 1}
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        paths = pool.map(_prepare_in_child, [params, params])
+    assert paths[0] == paths[1]
+    assert len(load_split(tmp_path / "cache", "train")) == 18 and not (tmp_path / "raw.partial").exists()

@@ -15,6 +15,8 @@ one memory map) and makes the checksum cheap to define.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -36,6 +38,23 @@ OPTIONAL_ARRAYS = ("factors", "attributes")
 
 class DataError(ValueError):
     """Bad raw data or a bad cache; the message names the path and what was expected."""
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path):
+    """Hold an exclusive advisory lock on `path` (created if needed) for the duration of the block.
+
+    Several processes (notebooks, tests, training runs) may ask for the same cache at once; the
+    first builds it, the others wait and then find it ready.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def array_path(cache_dir: Path, split: str, name: str) -> Path:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from viscoin_core.config import ConfigError, param, parse_config, read_params, repo_root, to_dict
 from viscoin_core.data import synthetic
 from viscoin_core.data.cache import (FORMAT_VERSION, MANIFEST, SPLITS, DataError, RawDataset, array_path,
-                                     cache_is_complete, checksum, read_manifest, remove_cache, write_manifest)
+                                     cache_is_complete, checksum, file_lock, read_manifest, remove_cache, write_manifest)
 from viscoin_core.data.cub import read_cub
 from viscoin_core.data.folder import read_folder
 from viscoin_core.data.nct import TRAIN_DIRS, class_weights, read_nct
@@ -198,9 +198,16 @@ def prepare(config: DataConfig | Mapping[str, Any] | str | Path, force: bool = F
     """Build the cache described by `config` (or reuse a matching one); returns the manifest path."""
     config = as_config(config)
     root, cache_dir = resolve(config.root), resolve(config.cache_dir)
-    if config.dataset in synthetic.DATASETS:
-        synthetic.ensure_generated(config.dataset, root, config.n_per_class, config.resolution, config.seed,
-                                     config.workers)
+    with file_lock(cache_dir.parent / f".{cache_dir.name}.lock"):
+        if config.dataset in synthetic.DATASETS:
+            with file_lock(root.parent / f".{root.name}.lock"):
+                synthetic.ensure_generated(config.dataset, root, config.n_per_class, config.resolution,
+                                           config.seed, config.workers)
+        return build_or_reuse(config, root, cache_dir, force)
+
+
+def build_or_reuse(config: DataConfig, root: Path, cache_dir: Path, force: bool) -> Path:
+    """The body of `prepare`, run while holding the cache's lock."""
     raw = read_raw(config, root)
     settings = requested_settings(config, root, raw.fingerprint())
     manifest = read_manifest(cache_dir)
