@@ -178,11 +178,57 @@ def bench_classifier(args: argparse.Namespace) -> None:
               "images_per_second": round(batch / seconds, 1), "peak_mem_mb": round(peak_mem_mb(device), 1)})
 
 
+def bench_viscoin(args) -> None:
+    """One full training step: f on 2B images, Psi, Theta, Omega, G.synthesis, f on reconstructions,
+    every loss term, backward, Adam. smoke: 32 px, resnet18, small G, K = 16, B = 4 + 4. paper:
+    ResNet-50 at 256 px, StyleGAN2 paper256, K = 256, B = 8 + 8, LPIPS-VGG. Random weights
+    throughout (LPIPS-VGG with a random trunk: the same network and cost, no download)."""
+    import os
+
+    from viscoin_core.config import parse_config
+    from viscoin_core.eval.metrics import build_lpips
+    from viscoin_core.nets.stylegan2 import paper256_kwargs
+    from viscoin_core.train import loop
+    from viscoin_core.train.viscoin import (Trainer, ViscoinConfig, _random_generator_kwargs, build_f, build_parts,
+                                            random_generator, synthetic_z)
+
+    device = loop.pick_device(args.device)
+    paper = args.size == "paper"
+    resolution, n_classes = (256, 200) if paper else (32, 12)
+    cfg = parse_config(ViscoinConfig, dict(
+        f="random", G="random", cache_dir="unused", device=str(device), f_arch="resnet50" if paper else "resnet18",
+        n_concepts=256 if paper else 16, latent_channels=512 if paper else 32,
+        coarse_layer=3 if paper else 2, mid_layer=12 if paper else 5, batch_real=8 if paper else 4,
+        batch_fake=8 if paper else 4, compile=bool(getattr(args, "compile", False))))
+    f = build_f(cfg, n_classes)
+    G = random_generator(paper256_kwargs()[0] if paper else _random_generator_kwargs(cfg, resolution), cfg.seed)
+    trainer = Trainer(cfg, f, G, build_parts(cfg, f, G, n_classes), build_lpips("random"), device)
+    x_real = torch.rand(cfg.batch_real, 3, resolution, resolution) * 2 - 1
+    it = iter(range(10**9))
+
+    def step():
+        i = next(it)
+        trainer.step(x_real, synthetic_z(cfg, i, G.z_dim), i)
+
+    seconds = time_steps(step, max(args.steps, 1), device, warmup=1)
+    record = {"name": "viscoin", "size": args.size, "device": str(device), "batch": cfg.batch_real + cfg.batch_fake,
+              "resolution": resolution, "f_arch": cfg.f_arch, "n_concepts": cfg.n_concepts,
+              "seconds_per_step": round(seconds, 3), "steps": max(args.steps, 1),
+              "peak_mem_mb": round(peak_mem_mb(device), 1), "torch_threads": torch.get_num_threads(),
+              "amp": "bf16" if trainer.cuda and cfg.amp == "auto" else "fp32", "compile": cfg.compile}
+    if device.type == "cuda":
+        record["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        record["load_average_1min"] = round(os.getloadavg()[0], 2)
+    emit(record)
+
+
 # name -> "module:function"; each function takes the parsed argparse namespace and emits JSON lines.
 BENCHMARKS: dict[str, str] = {
     "data": "viscoin_core.bench:bench_data",
     "gan": "viscoin_core.bench:bench_gan",
     "classifier": "viscoin_core.bench:bench_classifier",
+    "viscoin": "viscoin_core.bench:bench_viscoin",
 }
 
 
