@@ -20,6 +20,7 @@ import io
 import math
 import pickle
 import re
+import warnings
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -346,12 +347,12 @@ class MappingNetwork(torch.nn.Module):
         x = None
         if self.z_dim > 0:
             _check_shape(z, [None, self.z_dim], "z")
-            x = normalize_2nd_moment(z.to(torch.float32))
+            x = normalize_2nd_moment(z.to(_base_dtype(self)))
         if self.c_dim > 0:
             if c is None:
                 raise ValueError(f"this network is conditional (c_dim={self.c_dim}): pass c [N, {self.c_dim}]")
             _check_shape(c, [None, self.c_dim], "c")
-            y = normalize_2nd_moment(self.embed(c.to(torch.float32)))
+            y = normalize_2nd_moment(self.embed(c.to(_base_dtype(self))))
             x = torch.cat([x, y], dim=1) if x is not None else y
         for idx in range(self.num_layers):
             x = getattr(self, f"fc{idx}")(x)
@@ -441,6 +442,13 @@ class ToRGBLayer(torch.nn.Module):
         return bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp)
 
 
+def _base_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The floating dtype of a module's tensors: float32, or float64 after .double() (for gradcheck)."""
+    for t in module.parameters():
+        return t.dtype
+    return torch.float32
+
+
 def _use_fp16(flag: bool, x_device: torch.device, force_fp32: bool) -> bool:
     return flag and not force_fp32 and x_device.type == "cuda"
 
@@ -487,7 +495,8 @@ class SynthesisBlock(torch.nn.Module):
         # ws: [N, num_conv + num_torgb, w_dim]
         w_iter = iter(ws.unbind(dim=1))
         device = ws.device
-        dtype = torch.float16 if _use_fp16(self.use_fp16, device, force_fp32) else torch.float32
+        base = self.resample_filter.dtype  # float32, or float64 after .double()
+        dtype = torch.float16 if _use_fp16(self.use_fp16, device, force_fp32) else base
         if fused_modconv is None:
             fused_modconv = _default_fused(self, ws, dtype)
 
@@ -509,7 +518,7 @@ class SynthesisBlock(torch.nn.Module):
         if img is not None:
             img = upsample2d(img, self.resample_filter)
         if self.is_last or self.architecture == "skip":
-            y = self.torgb(x, next(w_iter), fused_modconv=fused_modconv).to(torch.float32)
+            y = self.torgb(x, next(w_iter), fused_modconv=fused_modconv).to(base)
             img = img + y if img is not None else y
         return x, img
 
@@ -521,7 +530,7 @@ def _default_fused(block: torch.nn.Module, ws: torch.Tensor, dtype: torch.dtype)
     """
     if block.training or ws.device.type == "cpu":
         return False
-    return dtype == torch.float32 or ws.shape[0] == 1
+    return dtype != torch.float16 or ws.shape[0] == 1
 
 
 class SynthesisNetwork(torch.nn.Module):
@@ -554,7 +563,7 @@ class SynthesisNetwork(torch.nn.Module):
     def forward(self, ws, noise_mode="random", force_fp32=False, fused_modconv=None):
         """noise_mode: 'random' (fresh per call), 'const' (stored noise_const), 'none' (no noise)."""
         _check_shape(ws, [None, self.num_ws, self.w_dim], "ws")
-        ws = ws.to(torch.float32)
+        ws = ws.to(_base_dtype(self))
         x = img = None
         w_idx = 0
         for res in self.block_resolutions:
@@ -639,7 +648,8 @@ class DiscriminatorBlock(torch.nn.Module):
 
     def forward(self, x, img, force_fp32=False):
         device = (x if x is not None else img).device
-        dtype = torch.float16 if _use_fp16(self.use_fp16, device, force_fp32) else torch.float32
+        base = self.resample_filter.dtype
+        dtype = torch.float16 if _use_fp16(self.use_fp16, device, force_fp32) else base
         if x is not None:
             x = x.to(dtype)
         if self.in_channels == 0 or self.architecture == "skip":
@@ -700,9 +710,10 @@ class DiscriminatorEpilogue(torch.nn.Module):
         self.out = FullyConnectedLayer(in_channels, 1 if cmap_dim == 0 else cmap_dim)
 
     def forward(self, x, img, cmap, force_fp32=False):
-        x = x.to(torch.float32)
+        base = self.conv.weight.dtype
+        x = x.to(base)
         if self.architecture == "skip":
-            x = x + self.fromrgb(img.to(torch.float32))
+            x = x + self.fromrgb(img.to(base))
         if self.mbstd is not None:
             x = self.mbstd(x)
         x = self.conv(x)
@@ -806,3 +817,375 @@ def paper256_kwargs(c_dim: int = 0) -> tuple[dict, dict]:
              channel_max=512, num_fp16_res=4, conv_clamp=256, block_kwargs={}, mapping_kwargs={},
              epilogue_kwargs=dict(mbstd_group_size=8))
     return g, d
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading weights with clear errors.
+
+def _resolution_of(state_dict: Mapping[str, Any]) -> int | None:
+    """Image resolution implied by block names (`synthesis.b256.*` in G, `b256.*` in D)."""
+    found = [int(m.group(1)) for key in state_dict for m in [re.search(r"(?:^|\.)b(\d+)\.", key)] if m]
+    return max(found) if found else None
+
+
+def load_weights(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "state_dict") -> None:
+    """`module.load_state_dict(state_dict, strict=True)` with an error that says what does not fit.
+
+    Raises ValueError naming `source`, the resolution the weights are for when it differs from the
+    module's, and the first missing / unexpected / wrongly shaped entries.
+    """
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    wrong = [f"{k}: {list(state_dict[k].shape)} vs {list(own[k].shape)}"
+             for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        own_res, their_res = getattr(module, "img_resolution", None), _resolution_of(state_dict)
+        lines = [f"{source}: weights do not fit {type(module).__name__}"
+                 + (f" at {own_res} px" if own_res else "")]
+        if their_res is not None and own_res is not None and their_res != own_res:
+            lines.append(f"the weights are for a {their_res} px network, expected {own_res} px")
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape (given vs expected)", wrong)):
+            if items:
+                more = f" ... (+{len(items) - 5} more)" if len(items) > 5 else ""
+                lines.append(f"{label}: {', '.join(items[:5])}{more}")
+        raise ValueError("; ".join(lines))
+    module.load_state_dict(state_dict, strict=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Official network pickles, read without the official code.
+#
+# Format (StyleGAN2-ADA `torch_utils/persistence.py`, written with plain pickle.dump): every
+# network object pickles as `_reconstruct_persistent_obj(meta)`, meta = {type: 'class', version,
+# module_src, class_name, state}, state being the object's __dict__ (`_parameters`, `_buffers`,
+# `_modules`, plain attributes, `_init_args`, `_init_kwargs`). Tensors pickle through
+# `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks)` and
+# `_rebuild_parameter(data, requires_grad, hooks)`, each storage through
+# `torch.storage._load_from_bytes(bytes)` (a legacy torch.save of the storage). Attributes such as
+# weight gains are numpy float64 scalars; `_init_kwargs` holds dnnlib EasyDicts; protocol-3
+# pickles spell set() as builtins.set.
+
+class NetworkPickleError(ValueError):
+    """An official network pickle could not be read safely; the message names the file and the cause."""
+
+
+class _PersistentStub:
+    """What a `torch_utils.persistence` object becomes here: its class name and state, no code."""
+
+    def __init__(self, class_name: str, version: Any, state: dict):
+        self.class_name = class_name
+        self.version = version
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<persistent {self.class_name}>"
+
+
+def _reconstruct_persistent_obj(meta: Any) -> _PersistentStub:
+    # `meta['module_src']` (the official source code) is deliberately never looked at again.
+    if not isinstance(meta, Mapping):
+        raise NetworkPickleError(f"persistent object meta must be a dict, got {type(meta).__name__}")
+    missing = {"type", "class_name", "state"} - set(meta)
+    if missing:
+        raise NetworkPickleError(f"persistent object meta lacks {sorted(missing)}")
+    if meta["type"] != "class":
+        raise NetworkPickleError(f"persistent object of type {meta['type']!r}, only 'class' is known")
+    class_name, state = meta["class_name"], meta["state"]
+    if not isinstance(class_name, str) or not class_name.isidentifier():
+        raise NetworkPickleError(f"persistent object with class_name {class_name!r}")
+    if state is None:
+        state = {}
+    if not isinstance(state, Mapping):
+        raise NetworkPickleError(f"persistent {class_name} has state of type {type(state).__name__}, expected a dict")
+    return _PersistentStub(class_name, meta.get("version"), dict(state))
+
+
+class _ModuleStub:
+    """Stand-in for a plain torch.nn module class inside a pickle: records the pickled __dict__."""
+
+    torch_class = "torch.nn.Module"
+
+    def __init__(self, *args, **kwargs):
+        self.state: dict = {}
+
+    def __setstate__(self, state):
+        if not isinstance(state, Mapping):
+            raise NetworkPickleError(f"{self.torch_class} with state of type {type(state).__name__}")
+        self.state = dict(state)
+
+    def __repr__(self) -> str:
+        return f"<plain {self.torch_class}>"
+
+
+_MODULE_STUBS: dict[str, type] = {}
+
+
+def _module_stub(qualified_name: str) -> type:
+    if qualified_name not in _MODULE_STUBS:
+        _MODULE_STUBS[qualified_name] = type(qualified_name.rsplit(".", 1)[1], (_ModuleStub,),
+                                             {"torch_class": qualified_name})
+    return _MODULE_STUBS[qualified_name]
+
+
+class _EasyDict(dict):
+    """Stand-in for dnnlib.util.EasyDict: a plain dict (its attribute access is not needed here)."""
+
+    def __setstate__(self, state):
+        pass  # EasyDict keeps everything in its items; there is no attribute state to restore
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
+    if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
+        raise NetworkPickleError(f"tensor rebuilt from a {type(storage).__name__}, expected a storage")
+    if not (isinstance(storage_offset, int) and all(isinstance(v, int) for v in (*size, *stride))):
+        raise NetworkPickleError("tensor rebuilt with a non-integer offset, size or stride")
+    if isinstance(storage, torch.TypedStorage):
+        with warnings.catch_warnings():  # TypedStorage is deprecated, but it is what the bytes hold
+            warnings.simplefilter("ignore", UserWarning)
+            dtype, untyped = storage.dtype, storage.untyped()
+    else:
+        dtype, untyped = torch.uint8, storage
+    try:
+        # set_ checks that size and stride stay inside the storage
+        return torch.empty(0, dtype=dtype).set_(untyped, storage_offset, tuple(size), tuple(stride))
+    except RuntimeError as e:
+        raise NetworkPickleError(f"tensor does not fit its storage: {e}") from e
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
+    if not isinstance(data, torch.Tensor):
+        raise NetworkPickleError(f"parameter rebuilt from a {type(data).__name__}, expected a tensor")
+    return torch.nn.Parameter(data, requires_grad=bool(requires_grad) and data.is_floating_point())
+
+
+def _load_storage_bytes(data):
+    """Answer `torch.storage._load_from_bytes` with a weights-only torch.load: no code runs."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise NetworkPickleError(f"tensor storage given as {type(data).__name__}, expected bytes")
+    try:
+        storage = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except Exception as e:
+        raise NetworkPickleError(f"tensor storage refused by torch.load(weights_only=True): {e}") from e
+    if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
+        raise NetworkPickleError(f"tensor storage bytes held a {type(storage).__name__}, expected a storage")
+    return storage
+
+
+_NUMERIC_KINDS = "biufc"
+
+
+def _numpy_dtype(spec, align=False, copy=False):
+    if not isinstance(spec, str):
+        raise NetworkPickleError(f"numpy.dtype({spec!r}): only dtype names are accepted")
+    dtype = np.dtype(spec)
+    if dtype.kind not in _NUMERIC_KINDS:
+        raise NetworkPickleError(f"numpy.dtype({spec!r}): only numeric dtypes are accepted")
+    return np.dtype(spec, bool(align), bool(copy))
+
+
+def _numpy_scalar(dtype, data):
+    if not isinstance(dtype, np.dtype) or dtype.kind not in _NUMERIC_KINDS:
+        raise NetworkPickleError(f"numpy scalar of dtype {dtype!r}: only numeric dtypes are accepted")
+    if isinstance(data, str):
+        data = data.encode("latin1")  # how Python 2 era pickles carried the bytes
+    if not isinstance(data, (bytes, bytearray)) or len(data) != dtype.itemsize:
+        raise NetworkPickleError(f"numpy scalar of dtype {dtype} with {len(data)} bytes of data")
+    return np.frombuffer(bytes(data), dtype=dtype)[0]
+
+
+# (module, name) -> harmless stand-in. Nothing else may be named by a network pickle.
+_SAFE_GLOBALS: dict[tuple[str, str], Any] = {
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch.storage", "_load_from_bytes"): _load_storage_bytes,
+    ("collections", "OrderedDict"): OrderedDict,
+    ("dnnlib.util", "EasyDict"): _EasyDict,
+    ("numpy", "dtype"): _numpy_dtype,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("builtins", "set"): set,
+}
+# plain torch.nn module classes (e.g. torch.nn.modules.container.ModuleList) become _ModuleStub
+_TORCH_NN_CLASS = re.compile(r"torch\.nn\.modules\.[a-z_][a-z0-9_]*\.[A-Z][A-Za-z0-9_]*")
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file, source: str):
+        super().__init__(file)
+        self.source = source
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _SAFE_GLOBALS:
+            return _SAFE_GLOBALS[(module, name)]
+        if _TORCH_NN_CLASS.fullmatch(f"{module}.{name}"):
+            return _module_stub(f"{module}.{name}")
+        raise NetworkPickleError(
+            f"{self.source}: refusing global '{module}.{name}': a network pickle may only name "
+            f"persistence, tensor, numpy-scalar and container globals; nothing was executed")
+
+    def persistent_load(self, pid):
+        raise NetworkPickleError(f"{self.source}: unexpected persistent id {pid!r} (a torch.save file?)")
+
+
+def _collect_tensors(obj: Any, prefix: str, out: dict, source: str) -> None:
+    """Walk a recovered module tree and gather its state_dict entries (parameters, persistent buffers)."""
+    if not isinstance(obj, (_PersistentStub, _ModuleStub)):
+        raise NetworkPickleError(f"{source}: sub-module {prefix.rstrip('.')!r} is a {type(obj).__name__}, "
+                                 "expected a network object")
+    state = obj.state
+    non_persistent = state.get("_non_persistent_buffers_set") or set()
+    for group in ("_parameters", "_buffers"):
+        entries = state.get(group) or {}
+        if not isinstance(entries, Mapping):
+            raise NetworkPickleError(f"{source}: {prefix}{group} is a {type(entries).__name__}, expected a dict")
+        for name, tensor in entries.items():
+            if tensor is None or (group == "_buffers" and name in non_persistent):
+                continue
+            if not isinstance(tensor, torch.Tensor):
+                raise NetworkPickleError(f"{source}: {prefix}{name} is a {type(tensor).__name__}, expected a tensor")
+            out[prefix + name] = tensor.detach()
+    children = state.get("_modules") or {}
+    if not isinstance(children, Mapping):
+        raise NetworkPickleError(f"{source}: {prefix}_modules is a {type(children).__name__}, expected a dict")
+    for name, child in children.items():
+        if child is not None:
+            _collect_tensors(child, f"{prefix}{name}.", out, source)
+
+
+def _network_from_stub(stub: Any, cls: type, source: str) -> torch.nn.Module:
+    """Build `cls` from a recovered persistent object's constructor arguments and fill its weights."""
+    if not isinstance(stub, _PersistentStub) or stub.class_name != cls.__name__:
+        found = stub.class_name if isinstance(stub, _PersistentStub) else type(stub).__name__
+        raise NetworkPickleError(f"{source}: expected a persistent {cls.__name__}, found {found}")
+    args = stub.state.get("_init_args", ())
+    kwargs = stub.state.get("_init_kwargs", {})
+    if not isinstance(args, (tuple, list)) or not isinstance(kwargs, Mapping):
+        raise NetworkPickleError(f"{source}: constructor arguments missing or malformed")
+    args, kwargs = _plain(list(args)), _plain(kwargs)
+    try:
+        module = cls(*args, **kwargs)
+    except (TypeError, ValueError, KeyError) as e:
+        raise NetworkPickleError(f"{source}: cannot build {cls.__name__}(**{kwargs}): {e}") from e
+    tensors: dict[str, torch.Tensor] = {}
+    _collect_tensors(stub, "", tensors, source)
+    load_weights(module, tensors, source)
+    return module.eval().requires_grad_(False)
+
+
+def load_network_pkl(path: str | Path) -> dict[str, torch.nn.Module]:
+    """Read an official StyleGAN2-ADA network pickle without the official code.
+
+    Returns {'G': Generator, 'D': Discriminator, 'G_ema': Generator} with whichever of the three
+    the file holds (generator-only pickles have no 'D'), built with this package's classes from
+    the stored constructor arguments, weights loaded strictly, in eval mode with requires_grad
+    False, on CPU (as the official snapshots are stored; call .requires_grad_(True).train() to
+    fine-tune). Other entries (augment_pipe, training_set_kwargs) are read but not returned.
+    Embedded source code is never executed; any global outside a small allowlist raises
+    NetworkPickleError naming it, before anything is called.
+    """
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{source}: no such network pickle")
+    if zipfile.is_zipfile(path):
+        raise NetworkPickleError(f"{source}: is a zip archive (a torch.save checkpoint?), not an official "
+                                 "network pickle; native checkpoints load with load_network/load_generator")
+    with open(path, "rb") as f:
+        try:
+            data = _RestrictedUnpickler(f, source).load()
+        except NetworkPickleError:
+            raise
+        except Exception as e:
+            raise NetworkPickleError(f"{source}: not a complete network pickle ({type(e).__name__}: {e})") from e
+    if not isinstance(data, Mapping):
+        raise NetworkPickleError(f"{source}: top level is a {type(data).__name__}, expected a dict with "
+                                 "'G', 'D', 'G_ema'")
+    nets = {}
+    for key, cls in (("G", Generator), ("D", Discriminator), ("G_ema", Generator)):
+        if key in data:
+            nets[key] = _network_from_stub(data[key], cls, f"{source}[{key!r}]")
+    if "G" not in nets and "G_ema" not in nets:
+        raise NetworkPickleError(f"{source}: holds no 'G' or 'G_ema' (keys: {sorted(map(str, data))})")
+    return nets
+
+
+# ---------------------------------------------------------------------------------------------
+# Native checkpoints: constructor kwargs + state_dict, loadable with torch.load(weights_only=True).
+
+NATIVE_FORMAT = "viscoin_core.stylegan2/1"
+_NETWORK_CLASSES = {"Generator": Generator, "Discriminator": Discriminator}
+
+
+def save_network(module: torch.nn.Module, path: str | Path) -> None:
+    """Write a Generator or Discriminator as {'format', 'class_name', 'kwargs', 'state_dict'} (atomic)."""
+    from viscoin_core.train.loop import save_atomic
+
+    if type(module).__name__ not in _NETWORK_CLASSES or not isinstance(module, tuple(_NETWORK_CLASSES.values())):
+        raise TypeError(f"save_network takes a Generator or Discriminator, got {type(module).__name__}")
+    save_atomic({"format": NATIVE_FORMAT, "class_name": type(module).__name__, "kwargs": _plain(module.init_kwargs),
+                 "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()}}, path)
+
+
+def load_network(path: str | Path, expected: str | None = None) -> torch.nn.Module:
+    """Read a native checkpoint written by save_network; eval mode, requires_grad False, CPU.
+
+    `expected` ('Generator' or 'Discriminator') makes a checkpoint of the other kind an error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: not a native StyleGAN2 checkpoint ({type(e).__name__}: {e})") from e
+    keys = {"format", "class_name", "kwargs", "state_dict"}
+    if not isinstance(ckpt, dict) or not keys <= set(ckpt) or ckpt["format"] != NATIVE_FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path}: expected a native StyleGAN2 checkpoint ({NATIVE_FORMAT}: {sorted(keys)}), "
+                         f"found {found!r}")
+    name = ckpt["class_name"]
+    if name not in _NETWORK_CLASSES:
+        raise ValueError(f"{path}: class_name {name!r} is not one of {sorted(_NETWORK_CLASSES)}")
+    if expected is not None and name != expected:
+        raise ValueError(f"{path}: holds a {name}, expected a {expected}")
+    try:
+        module = _NETWORK_CLASSES[name](**ckpt["kwargs"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: cannot build {name}(**{ckpt['kwargs']}): {e}") from e
+    load_weights(module, ckpt["state_dict"], str(path))
+    return module.eval().requires_grad_(False)
+
+
+def save_generator(G: Generator, path: str | Path) -> None:
+    """Native checkpoint of a Generator (see save_network)."""
+    if not isinstance(G, Generator):
+        raise TypeError(f"save_generator takes a Generator, got {type(G).__name__}")
+    save_network(G, path)
+
+
+def load_generator(path: str | Path) -> Generator:
+    """A frozen Generator (eval, requires_grad False): a native checkpoint, or the G_ema of an official .pkl."""
+    if Path(path).suffix == ".pkl":
+        nets = load_network_pkl(path)
+        return nets["G_ema"] if "G_ema" in nets else nets["G"]
+    return load_network(path, expected="Generator")
+
+
+def save_discriminator(D: Discriminator, path: str | Path) -> None:
+    """Native checkpoint of a Discriminator (see save_network)."""
+    if not isinstance(D, Discriminator):
+        raise TypeError(f"save_discriminator takes a Discriminator, got {type(D).__name__}")
+    save_network(D, path)
+
+
+def load_discriminator(path: str | Path) -> Discriminator:
+    """A frozen Discriminator (eval, requires_grad False) from a native checkpoint or an official .pkl."""
+    if Path(path).suffix == ".pkl":
+        nets = load_network_pkl(path)
+        if "D" not in nets:
+            raise NetworkPickleError(f"{path}: generator-only pickle, holds no 'D'")
+        return nets["D"]
+    return load_network(path, expected="Discriminator")
