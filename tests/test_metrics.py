@@ -168,3 +168,16 @@ def test_inception_offline_error_names_file_and_setting(monkeypatch, tmp_path):
     with pytest.raises(metrics.WeightsUnavailable, match="fid_features: classifier") as err:
         metrics.inception_extractor()
     assert metrics.INCEPTION_WEIGHTS in str(err.value)
+
+
+def test_audit_replays_the_code_fid_inputs():
+    from viscoin_core.eval import audit
+    from viscoin_core.nets.classifier import Classifier
+    f = Classifier("resnet18", n_classes=2)
+    x = torch.rand(2, 3, 4, 4) * 2 - 1
+    # The same ImageNet normalisation f applies inside its forward.
+    assert torch.allclose(audit.imagenet_normalise(x), x * f.in_scale + f.in_shift, atol=1e-6)
+    # 0 and 255 read as pixels are the ends of f's [-1, 1]; ImageNet-normalised values land near -1.
+    assert audit.as_if_0_255(torch.tensor([0.0, 255.0])).tolist() == [-1.0, 1.0]
+    real, fake = audit.code_fid_inputs(x, x)
+    assert real.abs().sub(1).abs().max() < 0.03 and fake.abs().sub(1).abs().max() < 0.01
