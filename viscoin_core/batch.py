@@ -53,6 +53,7 @@ class Run:
     params: dict
     run_dir: Path
     seed: int
+    published_row: str = ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,13 +103,15 @@ def config_class(notebook_stem: str) -> type | None:
 def check_row(notebook: Path, params_file: Path, params: dict) -> None:
     """Fail before any work when a parameter file names a key the notebook does not take, or a bad value."""
     allowed = notebook_parameters(notebook)
-    unknown = sorted(set(params) - set(allowed))
+    cls = config_class(notebook.stem)
+    names = {f.name for f in fields(cls)} if cls is not None else set()
+    # A notebook takes the keys of its parameters cell and every field of its config class (the
+    # cell shows the main ones; papermill injects the rest as variables the config cell picks up).
+    unknown = sorted(set(params) - set(allowed) - names)
     if unknown:
         raise ConfigError(f"{params_file}: unknown parameter(s) {unknown} for notebook {notebook.name}; "
-                          f"it takes {sorted(allowed)}")
-    cls = config_class(notebook.stem)
+                          f"it takes {sorted(set(allowed) | names)}")
     if cls is not None:
-        names = {f.name for f in fields(cls)}
         merged = {**allowed, **params}
         parse_config(cls, {k: v for k, v in merged.items() if k in names}, source=str(params_file))
 
@@ -132,7 +135,8 @@ def plan(table: str, profile: str, seeds: int | None = None, tables: dict | None
         n_seeds = seeds or int(row.get("seeds", spec.get("seeds", 1)))
         for seed in range(n_seeds):
             run_dir = root / "runs" / profile / spec["stage"] / params_file.stem / f"seed{seed}"
-            runs.append(Run(table, row["label"], notebook, params_file, params, run_dir, seed))
+            runs.append(Run(table, row["label"], notebook, params_file, params, run_dir, seed,
+                            str(row.get("published", ""))))
     return runs
 
 
@@ -147,6 +151,10 @@ def execute(run: Run) -> Path:
     root = run.notebook.parents[1]
     output = run.run_dir / f"{run.notebook.stem}.ipynb"
     parameters = {**run.params, "run_dir": str(run.run_dir.relative_to(root)), "seed": run.seed}
+    # Notebooks that show their row beside the published one learn which row they are making.
+    takes = notebook_parameters(run.notebook)
+    if "results_table" in takes:
+        parameters.update(results_table=run.table, published_row=run.published_row)
     papermill.execute_notebook(str(run.notebook), str(output), parameters=parameters,
                                cwd=str(run.notebook.parent), progress_bar=False, kernel_name="python3")
     return output
@@ -333,15 +341,34 @@ def run_table(table: str, profile: str, seeds: int | None = None, force: bool = 
     return write_table(df, out_dir, table, tables[table]["title"], table_note(profile, command)), status
 
 
+def run_figures(profile: str, root: Path | None = None) -> Path:
+    """Notebook 06 on the profile's Table 3 run: figures into results/<profile>/figures, executed copy kept."""
+    import papermill
+
+    root = root or repo_root()
+    run_dir = f"runs/{profile}/viscoin/viscoin_cub/seed0"
+    out_dir = root / "results" / profile / "figures"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    papermill.execute_notebook(str(root / "notebooks" / "06_qualitative_figures.ipynb"),
+                               str(root / run_dir / "06_qualitative_figures.ipynb"),
+                               parameters={"run_dir": run_dir, "params_file": f"params/{profile}/viscoin_cub.yaml",
+                                           "out_dir": str(out_dir.relative_to(root))},
+                               cwd=str(root / "notebooks"), progress_bar=False, kernel_name="python3")
+    return out_dir
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m viscoin_core.batch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("table", help="table1 ... table8, or 'all'")
+    parser.add_argument("table", help="table1 ... table8, 'all' (Tables 1-8), or 'figures' (notebook 06)")
     parser.add_argument("--profile", required=True, choices=PROFILES)
     parser.add_argument("--seeds", type=int, default=None, help="seeds per row (default: the row's, else 1)")
     parser.add_argument("--force", action="store_true", help="rerun rows that already have metrics.json")
     parser.add_argument("--executor", default="local", choices=["local", "slurm"])
     args = parser.parse_args(argv)
+    if args.table == "figures":
+        print(f"figures: {run_figures(args.profile)}")
+        return 0
     names = [*NUMBERED_TABLES, "table8"] if args.table == "all" else [args.table]
     failed = []
     for name in names:
