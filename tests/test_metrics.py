@@ -13,8 +13,8 @@ def test_accuracy_flattens_column_predictions_instead_of_broadcasting():
     labels = torch.tensor([0, 1, 2, 2])
     preds_col = torch.tensor([[0], [1], [1], [2]])     # (B, 1), as the released code had them
     assert metrics.accuracy(preds_col, labels) == pytest.approx(75.0)
-    # (B, 1) == (B,) broadcasts to (B, B): 6 of 16 entries match, which is not 75 %.
-    assert (preds_col == labels).float().mean().item() * 100 != pytest.approx(75.0)
+    # (B, 1) == (B,) broadcasts to (B, B): sum_c n_pred(c) n_label(c) = 1*1 + 2*1 + 1*2 = 5 of 16 pairs.
+    assert (preds_col == labels).float().mean().item() * 100 == pytest.approx(31.25)
     logits = torch.nn.functional.one_hot(preds_col[:, 0], 3).float()
     assert metrics.accuracy(logits, labels) == pytest.approx(75.0)
     with pytest.raises(ValueError, match="predictions but"):
