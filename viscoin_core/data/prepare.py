@@ -67,7 +67,9 @@ def as_config(config: DataConfig | Mapping[str, Any] | str | Path) -> DataConfig
     if isinstance(config, DataConfig):
         return config
     if isinstance(config, (str, Path)):
-        return parse_config(DataConfig, read_params(config), source=str(config))
+        path = Path(config)
+        path = path if path.is_file() else resolve(path)  # relative to the repository root, like every path here
+        return parse_config(DataConfig, read_params(path), source=str(config))
     return parse_config(DataConfig, dict(config), source="data parameters")
 
 

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from viscoin_core.data.cache import DataError, RawDataset
 
 DATASETS = ("toybirds", "toytissue")
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # bump whenever the drawing changes, so old generated trees are redrawn
 MARKER = "synthetic.json"
 FACTORS_FILE = "factors.csv"
 
