@@ -385,3 +385,20 @@ def test_augmented_tensor_matches_the_uint8_augmentation():
         want = torch.from_numpy(np.ascontiguousarray(augment_uint8(image))).permute(2, 0, 1).float() / 127.5 - 1
         torch.manual_seed(seed)
         assert torch.allclose(augmented_float_chw(image), want)
+
+
+def test_class_grid_rows_hold_their_class(tmp_path):
+    from viscoin_core.data.preview import class_grid, counts_table, pick_per_class
+    labels = np.array([2, 0, 1, 0, 2, 2, 1])
+    picks = pick_per_class(labels, 2, [0, 1, 2], seed=0)
+    assert [set(labels[row].tolist()) for row in picks] == [{0}, {1}, {2}]
+    assert pick_per_class(labels, 4, [1])[0, 2:].tolist() == [-1, -1]  # class 1 has only two images
+
+    write_cub(tmp_path / "CUB_200_2011")
+    prepare(cub_config(tmp_path))
+    train = load_split(tmp_path / "cache", "train")
+    grid, names = class_grid(train, n_per_class=2, gap=1)
+    assert grid.shape == (3 * 17 - 1, 2 * 17 - 1, 3) and names == CUB_CLASSES
+    assert any(np.array_equal(grid[:16, :16], train.images[i]) for i in (0, 1))  # row 0: class 0
+    np.testing.assert_array_equal(grid[2 * 17:2 * 17 + 16, :16], train.images[4])
+    assert counts_table(read_manifest(tmp_path / "cache"))["train"].tolist() == [2, 2, 2]
