@@ -89,7 +89,7 @@ def tiny_run(tmp_path_factory):
     prepare({"dataset": "toytissue", "root": str(root / "raw"), "cache_dir": str(root / "cache"),
              "resolution": 32, "n_per_class": 3, "workers": 1})
     config = dict(f="random", G="random", cache_dir=str(root / "cache"), n_concepts=6, latent_channels=8,
-                  iterations=2, batch_real=2, batch_fake=1, log_every=1, eval_every=1, eval_subset=4,
+                  iterations=2, batch_real=2, batch_fake=1, log_every=1, eval_every=1, eval_subset=2,
                   final_eval_images=4, lpips_backbone="random", fid_features="classifier", g_channel_base=128,
                   g_channel_max=16, g_w_dim=16, coarse_layer=1, mid_layer=4, device="cpu")
     train_viscoin(config, root / "run")
@@ -97,7 +97,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_evaluate_fills_every_design_key(tiny_run):
-    result = evaluate(tiny_run, n_images=12, consistency_samples=4, consistency_concepts=2, batch_size=12)
+    result = evaluate(tiny_run, n_images=8, consistency_samples=3, consistency_concepts=1, batch_size=8)
     stored = json.loads((tiny_run / "metrics.json").read_text())
     for key in (*METRIC_KEYS, "factor_alignment"):
         assert key in result and key in stored, key
@@ -106,7 +106,7 @@ def test_evaluate_fills_every_design_key(tiny_run):
     assert set(stored["sparsity"]) == {"0.2", "0.5", "0.7"}
     assert list(stored["top_n_accuracy"]) == ["2", "4", "6"]
     assert stored["top_n_accuracy"]["6"] == pytest.approx(stored["g_accuracy"])
-    assert stored["n_test_images"] == 12
+    assert stored["n_test_images"] == 8
     assert set(stored["consistency"]) >= {"mean", "std"}
     assert set(stored["factor_alignment"]["per_factor"]) == set(stored["factor_alignment"]["untrained"]["per_factor"])
     assert (tiny_run / "relevance.pt").is_file()
@@ -139,8 +139,8 @@ def test_every_figure_function_runs_on_the_tiny_system(tiny_run, tmp_path):
 
 def test_figures_for_run_writes_the_set(tiny_run, tmp_path):
     if not (tiny_run / "relevance.pt").exists():
-        evaluate(tiny_run, n_images=12, consistency_samples=4, consistency_concepts=2, batch_size=12)
-    figs = figures.figures_for_run(tiny_run, tmp_path, n_classes_shown=1, n_images=2, max_test_images=12)
+        evaluate(tiny_run, n_images=8, consistency_samples=3, consistency_concepts=1, batch_size=8)
+    figs = figures.figures_for_run(tiny_run, tmp_path, n_classes_shown=1, n_images=2, max_test_images=8)
     assert {"relevance_heatmap", "training_curves", "top_n_accuracy", "faithfulness", "factor_alignment"} <= set(figs)
     assert any(name.startswith("concept_grid_") for name in figs)
     for name in figs:

@@ -17,6 +17,7 @@ torchmetrics' FrechetInceptionDistance / KernelInceptionDistance on the same fea
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from pathlib import Path
 from typing import Callable, Iterable
@@ -84,17 +85,27 @@ def mse(x_rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def build_lpips(backbone: str = "vgg", device: str | torch.device = "cpu") -> nn.Module:
-    """The LPIPS network of the `lpips` package, frozen, in eval mode.
+    """The LPIPS network of the `lpips` package, frozen, in eval mode (a fresh copy on every call).
 
     'vgg': LPIPS-VGG with ImageNet VGG16 features (torchvision downloads vgg16-397923af.pth once).
     'random': the same architecture with a randomly initialised VGG16 (fixed seed 0) and the
     package's own linear heads; nothing downloads. Its values are not comparable with LPIPS-VGG.
     """
+    if backbone not in LPIPS_BACKBONES:
+        raise ValueError(f"lpips_backbone {backbone!r} is not one of {list(LPIPS_BACKBONES)}")
+    # Building VGG16 (its 100M-parameter classifier included) takes seconds: build once per process.
+    if backbone not in _LPIPS_BUILT:
+        _LPIPS_BUILT[backbone] = _build_lpips(backbone)
+    return copy.deepcopy(_LPIPS_BUILT[backbone]).to(device)
+
+
+_LPIPS_BUILT: dict[str, nn.Module] = {}
+
+
+def _build_lpips(backbone: str) -> nn.Module:
     import warnings
 
     import lpips
-    if backbone not in LPIPS_BACKBONES:
-        raise ValueError(f"lpips_backbone {backbone!r} is not one of {list(LPIPS_BACKBONES)}")
     if backbone == "vgg":
         cached = Path(torch.hub.get_dir()) / "checkpoints" / VGG16_WEIGHTS
         try:
@@ -115,7 +126,7 @@ def build_lpips(backbone: str = "vgg", device: str | torch.device = "cpu") -> nn
     net.backbone = backbone
     for p in net.parameters():
         p.requires_grad_(False)
-    return net.eval().to(device)
+    return net.eval()
 
 
 def lpips_distance(x_rec: torch.Tensor, x: torch.Tensor, net: nn.Module) -> torch.Tensor:
