@@ -103,7 +103,8 @@ class GanConfig:
     log_every: int = param(10, low=1, help="steps between log records")
     fid_images: int = param(1000, low=0, help="images per set for FID/KID at snapshots; 0 = none")
     fid_features: str = param("classifier", choices=("classifier", "inception"))
-    fid_classifier: str | None = param(None, help="f.pt or f run directory; required for fid_features=classifier")
+    fid_classifier: str | None = param(None, help="f.pt, f run directory or classifier parameter file (its seed-0 "
+                                                  "run is trained when missing); needed for fid_features=classifier")
     grid_size: int = param(8, low=1, high=32, help="sample grids are grid_size x grid_size")
     seed: int = param(0, low=0)
     device: str = param("auto")
@@ -497,7 +498,7 @@ def start_networks(config: GanConfig, resolution: int, channels: int = 3):
         G = stylegan2.load_generator(G_path)
         G_ema = copy.deepcopy(G)
         D_path = G_path.with_name("D.pt")
-        D = stylegan2.load_network(D_path) if D_path.exists() else None
+        D = stylegan2.load_discriminator(D_path) if D_path.exists() else None
     check_compatible(G, D, resolution, channels, str(path))
     if D is None:
         D = D_scratch
@@ -623,9 +624,10 @@ def train_gan(config: GanConfig, run_dir: str | Path, stop_at_kimg: float | None
         log_path.unlink()
 
     classifier = None
-    if config.fid_images > 0 and config.fid_features == "classifier":
+    if rank == 0 and config.fid_images > 0 and config.fid_features == "classifier":
         from viscoin_core.nets.classifier import load_classifier
-        classifier = load_classifier(resolve_path(config.fid_classifier), map_location=device)
+        from viscoin_core.train.classifier import ensure_classifier
+        classifier = load_classifier(ensure_classifier(config.fid_classifier), map_location=device)
     reals_of = reals_reader(dataset)
     total_steps = max(1, math.ceil(config.kimg * 1000 / config.batch))
     snapshot_steps = max(1, round(config.snapshot_kimg * 1000 / config.batch))
@@ -677,7 +679,7 @@ def train_gan(config: GanConfig, run_dir: str | Path, stop_at_kimg: float | None
     metrics = {}
     if rank == 0:
         stylegan2.save_generator(G_ema, run_dir / "G.pt")
-        stylegan2.save_network(D, run_dir / "D.pt")
+        stylegan2.save_discriminator(D, run_dir / "D.pt")
         metrics = final_metrics(run_dir, config, state, seconds, state.step - start_step)
         write_metrics(run_dir, metrics)
     if n_proc > 1:

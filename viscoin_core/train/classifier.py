@@ -1,0 +1,247 @@
+"""Fine-tuning the classifier f (Table 1): Adam, optional class-weighted cross entropy, best epoch on validation.
+
+The study fine-tuned an ImageNet ResNet-50 with Adam (lr 1e-4, batch 32): 30 epochs on CUB, 10 epochs
+with weight decay 1e-4 and inverse-frequency class weights on NCT-CRC-HE. Here a fixed fraction of
+the TRAIN split is held out for validation; the epoch with the best validation accuracy is kept and
+only that model ever sees the test split, once, at the end.
+
+Run directory: config.json, log.jsonl (step and epoch records), checkpoint.pt (after every epoch;
+an interrupted run resumes from the last finished epoch), best.pt, and at the end f.pt
+(`nets.classifier.save_classifier`) and metrics.json (`test_accuracy` = `f_accuracy` in %,
+`best_epoch`, `best_val_accuracy`, counts).
+
+    python -m viscoin_core.train.classifier --params params/smoke/classifier.yaml --run-dir runs/smoke/f/toytissue
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from viscoin_core.config import ConfigError, load_config, param, repo_root
+from viscoin_core.nets.classifier import build_classifier, load_classifier, save_classifier
+from viscoin_core.train.loop import (append_jsonl, check_finite, load_checkpoint, pick_device, prepare_run_dir,
+                                     read_metrics, rng_state, save_atomic, seed_everything, set_rng_state,
+                                     truncate_log, write_metrics)
+
+
+@dataclass
+class ClassifierConfig:
+    """Parameters of one f fine-tuning run (Table 1)."""
+    data: str = param(help="data-stage parameter file (e.g. params/smoke/data_toytissue.yaml), relative to the repo root")
+    arch: str = param("resnet50", help="torchvision ResNet name (resnet18, resnet50, ...)")
+    pretrained: bool = param(False, help="start from torchvision's ImageNet weights (needs them cached or a connection)")
+    init_from: str | None = param(None, help="optional f.pt (or run directory) to start from; its class count must match")
+    epochs: int = param(30, low=1)
+    batch_size: int = param(32, low=1)
+    lr: float = param(1e-4, low=0, low_open=True)
+    weight_decay: float = param(0.0, low=0)
+    class_weights: bool = param(False, help="cross entropy weighted by normalised inverse class frequency (the study on NCT)")
+    augment: bool = param(True, help="random pad-crop and horizontal flip of training images")
+    val_fraction: float = param(0.1, low=0, high=0.5, low_open=True, help="part of TRAIN held out to pick the best epoch")
+    eval_batch_size: int = param(128, low=1)
+    log_every: int = param(20, low=1, help="steps between step records in log.jsonl")
+    seed: int = param(0)
+    device: str = param("auto")
+    num_workers: int = param(0, low=0)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def resolve_path(path: str | Path) -> Path:
+    """A parameter path as given if it exists from here, else relative to the repo root."""
+    path = Path(path)
+    if path.is_absolute() or path.exists():
+        return path
+    return repo_root() / path
+
+
+def count_correct(logits: torch.Tensor, labels: torch.Tensor) -> int:
+    """Number of rows whose argmax equals the label. logits (B, C), labels (B,).
+
+    Shapes are checked, so (B, 1) predictions can never broadcast against (B,) labels into a
+    (B, B) comparison (the released code's accuracy bug, DESIGN 8.9).
+    """
+    if logits.dim() != 2 or labels.dim() != 1 or logits.shape[0] != labels.shape[0]:
+        raise ValueError(f"expected logits (B, C) and labels (B,), got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    predictions = logits.argmax(dim=1)    # (B,)
+    return int((predictions == labels).sum())
+
+
+def class_weight_tensor(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Normalised inverse-frequency weights (n_classes,) from the training labels (data.nct.class_weights)."""
+    from viscoin_core.data.nct import class_weights
+    counts = torch.bincount(labels, minlength=n_classes)
+    if (counts == 0).any():
+        missing = torch.nonzero(counts == 0).flatten().tolist()
+        raise ValueError(f"class weights need every class in the training part; classes {missing} have no images")
+    return torch.as_tensor(class_weights(counts.tolist()), dtype=torch.float32)
+
+
+def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Fixed random split of the training indices into (train, validation) parts."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1, round(n * val_fraction))
+    if n_val >= n:
+        raise ValueError(f"val_fraction {val_fraction} leaves no training images out of {n}")
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+@torch.no_grad()
+def evaluate(f: torch.nn.Module, dataset, batch_size: int, device: torch.device,
+             weight: torch.Tensor | None = None, desc: str = "eval") -> dict:
+    """Mean cross entropy and accuracy (%) of f on `dataset` (images in [-1, 1])."""
+    was_training = f.training
+    f.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loss_sum, correct, n = 0.0, 0, 0
+    for x, y in tqdm(loader, desc=desc, leave=False):
+        x, y = x.to(device), y.to(device)
+        logits = f(x)
+        loss_sum += float(F.cross_entropy(logits, y, weight=weight, reduction="sum"))
+        correct += count_correct(logits, y)
+        n += y.shape[0]
+    f.train(was_training)
+    return {"loss": loss_sum / max(n, 1), "accuracy": 100.0 * correct / max(n, 1), "n": n}
+
+
+def load_data(config: ClassifierConfig):
+    """(train dataset with augmentation, the same without, test dataset) of the configured cache."""
+    from viscoin_core.data import load_split
+    from viscoin_core.data.prepare import ensure_prepared
+    cache_dir = ensure_prepared(resolve_path(config.data))
+    return (load_split(cache_dir, "train", augment=config.augment), load_split(cache_dir, "train", augment=False),
+            load_split(cache_dir, "test", augment=False))
+
+
+def build_f(config: ClassifierConfig, n_classes: int, class_names: list[str]) -> torch.nn.Module:
+    """f with an `n_classes` head, from ImageNet, from `init_from`, or random."""
+    if config.init_from:
+        f = load_classifier(resolve_path(config.init_from))
+        if f.n_classes != n_classes:
+            raise ConfigError(f"init_from {config.init_from} has {f.n_classes} classes but the data "
+                              f"({config.data}) has {n_classes}")
+        f.train()
+    else:
+        f = build_classifier(config.arch, n_classes=n_classes, pretrained=config.pretrained)
+    f.class_names = list(class_names)
+    return f
+
+
+def train_classifier(config: ClassifierConfig, run_dir: str | Path) -> dict:
+    """Fine-tune f as configured; returns (and writes) metrics.json. Resumes from run_dir's checkpoint."""
+    run_dir = prepare_run_dir(run_dir, config)
+    done = read_metrics(run_dir)
+    if done is not None and (run_dir / "f.pt").exists():
+        return done
+    device = pick_device(config.device)
+    seed_everything(config.seed)
+    train_aug, train_plain, test = load_data(config)
+    train_idx, val_idx = split_train_val(len(train_aug), config.val_fraction, config.seed)
+    train_part, val_part = Subset(train_aug, train_idx), Subset(train_plain, val_idx)
+    f = build_f(config, train_aug.n_classes, train_aug.class_names).to(device)
+    weight = class_weight_tensor(train_aug.labels[train_idx], train_aug.n_classes).to(device) if config.class_weights else None
+    opt = torch.optim.Adam(f.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    start_epoch, best = 0, {"val_accuracy": -1.0, "epoch": -1}
+    state = load_checkpoint(run_dir)
+    log_path = run_dir / "log.jsonl"
+    if state is not None:
+        f.load_state_dict(state["f"])
+        opt.load_state_dict(state["opt"])
+        start_epoch, best = state["epoch"] + 1, state["best"]
+        set_rng_state(state["rng"])
+        truncate_log(log_path, state["epoch"], key="epoch")
+    elif log_path.exists():
+        log_path.unlink()
+
+    step = start_epoch * -(-len(train_part) // config.batch_size)
+    for epoch in range(start_epoch, config.epochs):
+        started = time.time()
+        loader = DataLoader(train_part, batch_size=config.batch_size, shuffle=True, drop_last=False,
+                            num_workers=config.num_workers,
+                            generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+        f.train()
+        loss_sum, correct, n = 0.0, 0, 0
+        for x, y in tqdm(loader, desc=f"f epoch {epoch + 1}/{config.epochs}", leave=False):
+            x, y = x.to(device), y.to(device)
+            logits = f(x)
+            loss = F.cross_entropy(logits, y, weight=weight)
+            check_finite({"cross_entropy": loss}, step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += float(loss) * y.shape[0]
+            correct += count_correct(logits.detach(), y)
+            n += y.shape[0]
+            step += 1
+            if step % config.log_every == 0:
+                append_jsonl(log_path, {"kind": "step", "epoch": epoch, "step": step, "loss": float(loss)})
+        val = evaluate(f, val_part, config.eval_batch_size, device, weight, desc="validation")
+        record = {"kind": "epoch", "epoch": epoch, "step": step, "train_loss": loss_sum / n,
+                  "train_accuracy": 100.0 * correct / n, "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                  "seconds": time.time() - started}
+        if val["accuracy"] > best["val_accuracy"]:
+            best = {"val_accuracy": val["accuracy"], "epoch": epoch}
+            save_classifier(f, run_dir / "best.pt")
+        record["best_epoch"] = best["epoch"]
+        append_jsonl(log_path, record)
+        save_atomic({"epoch": epoch, "f": f.state_dict(), "opt": opt.state_dict(), "best": best,
+                     "rng": rng_state()}, run_dir / "checkpoint.pt")
+
+    f = load_classifier(run_dir / "best.pt", map_location=device)
+    result = evaluate(f, test, config.eval_batch_size, device, desc="test")
+    save_classifier(f, run_dir / "f.pt", class_names=train_aug.class_names)
+    metrics = {"test_accuracy": result["accuracy"], "f_accuracy": result["accuracy"], "test_loss": result["loss"],
+               "best_epoch": best["epoch"] + 1, "best_val_accuracy": best["val_accuracy"], "epochs": config.epochs,
+               "n_train": len(train_idx), "n_val": len(val_idx), "n_test": result["n"], "n_classes": f.n_classes,
+               "arch": f.arch, "pretrained": config.pretrained, "class_weights": config.class_weights,
+               "data": config.data}
+    write_metrics(run_dir, metrics)
+    return metrics
+
+
+def default_run_dir(params_file: str | Path, seed: int = 0) -> Path:
+    """runs/<profile>/f/<stem>/seed<k> for params/<profile>/<stem>.yaml: where `batch` puts that row's run."""
+    params_file = resolve_path(params_file)
+    return repo_root() / "runs" / params_file.parent.name / "f" / params_file.stem / f"seed{seed}"
+
+
+def ensure_classifier(source: str | Path) -> Path:
+    """The f.pt of `source`: an f.pt, a finished f run directory, or a classifier parameter file, whose
+    seed-0 run (`default_run_dir`) is trained first when it has not finished."""
+    path = resolve_path(source)
+    if path.suffix in (".yaml", ".yml"):
+        run_dir = default_run_dir(path)
+        if not (run_dir / "f.pt").exists():
+            train_classifier(load_config(ClassifierConfig, path, seed=0), run_dir)
+        return run_dir / "f.pt"
+    f_path = path / "f.pt" if path.is_dir() else path
+    if not f_path.is_file():
+        raise FileNotFoundError(f"classifier {source!r}: {f_path} does not exist; train it first "
+                                "(python -m viscoin_core.train.classifier) or name its parameter file instead")
+    return f_path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m viscoin_core.train.classifier", description=__doc__.split("\n")[0])
+    parser.add_argument("--params", required=True, help="YAML parameter file (params/<profile>/classifier*.yaml)")
+    parser.add_argument("--run-dir", required=True, help="run directory (created; resumed when it holds a checkpoint)")
+    parser.add_argument("--device", default=None, help="override the file's device")
+    args = parser.parse_args(argv)
+    overrides = {"device": args.device} if args.device else {}
+    config = load_config(ClassifierConfig, resolve_path(args.params), **overrides)
+    metrics = train_classifier(config, args.run_dir)
+    print(f"test accuracy {metrics['test_accuracy']:.2f}% (best epoch {metrics['best_epoch']}) -> {args.run_dir}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
