@@ -223,12 +223,51 @@ def bench_viscoin(args) -> None:
     emit(record)
 
 
+def bench_generator(args) -> None:
+    """Forward + backward through a frozen G.synthesis to ws, as VisCoIN trains Omega through G.
+
+    smoke: the small 32 px G, batch 8; paper: StyleGAN2 paper256 (256 px, 14 ws), batch 8.
+    Random weights, noise_mode 'const', loss = mean squared image; median over `--steps`.
+    """
+    import os
+
+    from viscoin_core.nets.stylegan2 import Generator, paper256_kwargs, small_generator_kwargs
+    from viscoin_core.train.loop import pick_device
+
+    device = pick_device(args.device)
+    paper = args.size == "paper"
+    batch = 8
+    torch.manual_seed(0)
+    kwargs = paper256_kwargs()[0] if paper else small_generator_kwargs(resolution=32)
+    G = Generator(**kwargs).to(device).eval().requires_grad_(False)
+    with torch.no_grad():
+        ws = G.mapping(torch.randn(batch, G.z_dim, device=device), None)
+    ws.requires_grad_(True)
+
+    def step():
+        ws.grad = None
+        G.synthesis(ws, noise_mode="const").square().mean().backward()
+
+    steps = max(args.steps, 1)
+    seconds = time_steps(step, steps, device, warmup=1)
+    record = {"name": "generator", "size": args.size, "device": str(device), "batch": batch,
+              "resolution": G.img_resolution, "num_ws": G.num_ws, "seconds_per_step": round(seconds, 3),
+              "steps": steps, "peak_mem_mb": round(peak_mem_mb(device), 1), "torch_threads": torch.get_num_threads(),
+              "n_params": sum(p.numel() for p in G.parameters())}
+    if device.type == "cuda":
+        record["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        record["load_average_1min"] = round(os.getloadavg()[0], 2)
+    emit(record)
+
+
 # name -> "module:function"; each function takes the parsed argparse namespace and emits JSON lines.
 BENCHMARKS: dict[str, str] = {
     "data": "viscoin_core.bench:bench_data",
     "gan": "viscoin_core.bench:bench_gan",
     "classifier": "viscoin_core.bench:bench_classifier",
     "viscoin": "viscoin_core.bench:bench_viscoin",
+    "generator": "viscoin_core.bench:bench_generator",
 }
 
 
