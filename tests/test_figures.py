@@ -44,7 +44,7 @@ def test_select_concepts_by_threshold_or_top_k():
 
 def _written(stem):
     for suffix in (".png", ".pdf"):
-        path = stem.with_suffix(suffix)
+        path = stem.parent / (stem.name + suffix)
         assert path.is_file() and path.stat().st_size > 1000, path
 
 
@@ -59,6 +59,8 @@ def test_curves_and_metric_plots_write_png_and_pdf(tmp_path):
     _written(tmp_path / "curves")
     figures.fid_curve(path, out=tmp_path / "fid.png")
     _written(tmp_path / "fid")
+    figures.fid_curve(path, out=tmp_path / "001.Black_footed")     # dots in a stem stay
+    _written(tmp_path / "001.Black_footed")
     figures.top_n_curve({"2": 20.0, "4": 35.0, "8": 40.0}, g_accuracy=40.0, published={2: 10.0, 8: 30.0},
                         out=tmp_path / "top_n")
     _written(tmp_path / "top_n")
@@ -130,6 +132,10 @@ def test_every_figure_function_runs_on_the_tiny_system(tiny_run, tmp_path):
     _written(tmp_path / "cam")
     cam = figures.concept_cam(system, x, concepts[0])
     assert cam.shape == (3, 32, 32) and float(cam.max()) <= 1.0 + 1e-6
+    cam2 = figures.concept_cam(system, x, concepts[0], layer="layer2")
+    assert cam2.shape == (3, 32, 32) and float(cam2.min()) >= 0 and float(cam2.max()) <= 1.0 + 1e-6
+    with pytest.raises(ValueError, match="no tap"):
+        figures.concept_cam(system, x, concepts[0], layer="layer9")
     # Lambda = 1 is the plain reconstruction.
     phi, phi_prime = system.concepts(x)
     assert torch.allclose(figures.edit_concepts(system, x, concepts, 1.0), system.reconstruct(phi, phi_prime))

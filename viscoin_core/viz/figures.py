@@ -10,9 +10,11 @@ Images are [-1, 1] tensors (DESIGN section 4); systems are `viscoin_core.eval.co
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+import matplotlib
 import numpy as np
 import torch
 import torch.nn as nn
@@ -34,8 +36,9 @@ def save_figure(fig: Figure, out: str | Path | None, dpi: int = 150) -> Figure:
         stem = Path(out)
         stem = stem.with_suffix("") if stem.suffix.lower() in (".png", ".pdf") else stem
         stem.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(stem.with_suffix(".png"), dpi=dpi, bbox_inches="tight")
-        fig.savefig(stem.with_suffix(".pdf"), bbox_inches="tight")
+        # Append the suffixes: a stem may hold dots of its own (CUB's "001.Black_footed_Albatross").
+        fig.savefig(stem.parent / (stem.name + ".png"), dpi=dpi, bbox_inches="tight")
+        fig.savefig(stem.parent / (stem.name + ".pdf"), bbox_inches="tight")
     return fig
 
 
@@ -273,24 +276,37 @@ def last_conv(module: nn.Module) -> nn.Module:
     return convs[-1]
 
 
-def concept_cam(system: System, x: torch.Tensor, concept: int, layer: nn.Module | None = None) -> torch.Tensor:
-    """Grad-CAM of maxpool(phi_k) at one of Psi's convolutions, upsampled to x's size, in [0, 1] per image."""
+def concept_cam(system: System, x: torch.Tensor, concept: int, layer: nn.Module | str | None = None) -> torch.Tensor:
+    """Grad-CAM of maxpool(phi_k), upsampled to x's size, in [0, 1] per image.
+
+    `layer`: one of Psi's modules (Grad-CAM at its output; default Psi's last convolution), or the
+    name of one of f's taps that Psi reads ('layer2', 'layer3', 'layer4'): Grad-CAM at Psi's input.
+    Psi works on layer4's grid (H/32), so at small image sizes 'layer2' (H/8) shows more detail.
+    """
     with torch.no_grad():
         _, taps = system.f.forward_taps(x)
-    layer = layer or last_conv(system.psi)
 
-    def target(_):
-        phi, _ = system.psi(taps)
+    def target(taps_in):
+        phi, _ = system.psi(taps_in)
         return pool(system.theta, phi)[:, concept]
-    cam = grad_cam(target, layer, x)[:, None]
-    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    if isinstance(layer, str):
+        if layer not in taps:
+            raise ValueError(f"f has no tap {layer!r}; choose one of {sorted(taps)}")
+        leaf = taps[layer].detach().requires_grad_(True)
+        with torch.enable_grad():
+            target({**taps, layer: leaf}).sum().backward()
+        weights = leaf.grad.mean(dim=(2, 3), keepdim=True)
+        cam = F.relu((weights * leaf).sum(dim=1)).detach()
+    else:
+        cam = grad_cam(lambda _: target(taps), layer or last_conv(system.psi), x)
+    cam = F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     peak = cam.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
     return cam / peak
 
 
-def grad_cam_figure(system: System, images: torch.Tensor, concepts: Sequence[int], layer: nn.Module | None = None,
-                    out: str | Path | None = None) -> Figure:
-    """Images with the Grad-CAM of each concept overlaid (Figure 12)."""
+def grad_cam_figure(system: System, images: torch.Tensor, concepts: Sequence[int],
+                    layer: nn.Module | str | None = None, out: str | Path | None = None) -> Figure:
+    """Images with the Grad-CAM of each concept overlaid (Figure 12); `layer` as in `concept_cam`."""
     images = images if images.dim() == 4 else images[None]
     fig, axes = _new_figure(len(images), len(concepts) + 1, (1.9 * (len(concepts) + 1), 2.0 * len(images) + 0.3))
     cams = [concept_cam(system, images, k, layer) for k in concepts]
@@ -299,7 +315,9 @@ def grad_cam_figure(system: System, images: torch.Tensor, concepts: Sequence[int
         for j, k in enumerate(concepts):
             _show(axes[i, j + 1], x, f"concept {k}" if i == 0 else None)
             axes[i, j + 1].imshow(cams[j][i].cpu().numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-    fig.suptitle("Grad-CAM of the concept at Psi's last convolution", fontsize=10)
+    where = (f"Psi's input from f's {layer}" if isinstance(layer, str)
+             else f"Psi's {type(layer).__name__ if layer is not None else 'last convolution'}")
+    fig.suptitle(f"Grad-CAM of each concept at {where}", fontsize=10)
     return save_figure(fig, out)
 
 
@@ -320,7 +338,9 @@ def relevance_heatmap(r_kc: torch.Tensor, class_names: Sequence[str] | None = No
     data = np.ma.masked_invalid(r[:, order].numpy())
     fig, axes = _new_figure(1, 1, (min(14, 2 + 0.18 * len(order)), min(12, 1.5 + 0.25 * C)))
     ax = axes[0, 0]
-    im = ax.imshow(data, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
+    cmap = matplotlib.colormaps["RdBu_r"].copy()
+    cmap.set_bad("0.75")
+    im = ax.imshow(data, cmap=cmap, vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
     ax.set_yticks(range(C))
     ax.set_yticklabels(class_names if class_names is not None else range(C), fontsize=7)
     ax.set_xticks(range(len(order)))
@@ -400,8 +420,15 @@ def best_images_of_class(predicted: torch.Tensor, labels: torch.Tensor | None, c
 
 
 def figures_for_run(run_dir: str | Path, out_dir: str | Path, n_classes_shown: int = 3, n_images: int = 3,
-                    threshold: float = 0.5, top_k: int = 3, device: str = "cpu", max_test_images: int = 200) -> dict:
-    """Every figure above for a trained run (needs its metrics.json from `evaluate`); returns {name: Figure}."""
+                    threshold: float = 0.5, top_k: int = 3, device: str = "cpu", max_test_images: int = 200,
+                    cam_layer: nn.Module | str | None = "layer2") -> dict:
+    """Every figure above for a trained run (needs its metrics.json from `evaluate`); returns {name: Figure}.
+
+    For the `n_classes_shown` classes g predicts most often: a concept grid of `n_images` images
+    with the class's concepts of r_{k,c} > threshold (else the top_k), amplification strips and
+    Grad-CAM (at `cam_layer`, see `concept_cam`); then the relevance heatmap, training curves, top-N
+    accuracy, faithfulness and factor alignment from metrics.json.
+    """
     from viscoin_core.eval import load_system_and_test_split
     from viscoin_core.eval.concepts import class_relevance, concept_pool
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -419,10 +446,11 @@ def figures_for_run(run_dir: str | Path, out_dir: str | Path, n_classes_shown: i
         if not rows:
             continue
         x = torch.stack([test[int(cp.images_index[i])][0] for i in rows]).to(device)
-        tag = names[c].replace(" ", "_").replace("/", "_")
+        tag = re.sub(r"[^A-Za-z0-9_-]+", "_", names[c])
         figs[f"concept_grid_{tag}"] = concept_grid(system, x, concepts, names[c], out=out_dir / f"concept_grid_{tag}")
         figs[f"amplification_{tag}"] = amplification_strip(system, x[:2], concepts[:1], out=out_dir / f"amplification_{tag}")
-        figs[f"grad_cam_{tag}"] = grad_cam_figure(system, x[:2], concepts, out=out_dir / f"grad_cam_{tag}")
+        figs[f"grad_cam_{tag}"] = grad_cam_figure(system, x[:2], concepts, layer=cam_layer,
+                                                  out=out_dir / f"grad_cam_{tag}")
     log = run_dir / "log.jsonl"
     if log.exists():
         figs["training_curves"] = training_curves(log, smooth=5, out=out_dir / "training_curves")
