@@ -350,3 +350,27 @@ def test_native_errors(tmp_path):
         load_generator(path)
     with pytest.raises(FileNotFoundError):
         load_generator(tmp_path / "missing.pt")
+
+
+def test_pickle_with_converted_tf_kwargs(tmp_path):
+    """Pickles converted from TensorFlow spell out every optional constructor argument."""
+    G = Generator(z_dim=8, c_dim=2, w_dim=8, img_resolution=16, img_channels=3,
+                  mapping_kwargs=dict(num_layers=2, embed_features=None, layer_features=None, activation="lrelu",
+                                      lr_multiplier=0.01, w_avg_beta=0.995),
+                  synthesis_kwargs=dict(channel_base=128, channel_max=16, num_fp16_res=0, conv_clamp=None,
+                                        architecture="skip", resample_filter=[1, 3, 3, 1], use_noise=True,
+                                        activation="lrelu"))
+    D = Discriminator(c_dim=2, img_resolution=16, img_channels=3, architecture="resnet", channel_base=128,
+                      channel_max=16, num_fp16_res=0, conv_clamp=None, cmap_dim=None,
+                      block_kwargs=dict(activation="lrelu", resample_filter=[1, 3, 3, 1], freeze_layers=0),
+                      mapping_kwargs=dict(num_layers=0, embed_features=None, layer_features=None,
+                                          activation="lrelu", lr_multiplier=0.1),
+                      epilogue_kwargs=dict(mbstd_group_size=None, mbstd_num_channels=1, activation="lrelu"))
+    path = tmp_path / "converted.pkl"
+    write_official_pickle(path, {"G": G, "D": D, "G_ema": G})
+    loaded = load_network_pkl(path)
+    c = torch.eye(2)[[0, 1, 1]]
+    z = torch.randn(3, 8)
+    img = loaded["G_ema"](z, c, noise_mode="const")
+    assert torch.allclose(img, G.eval()(z, c, noise_mode="const"), atol=1e-6)
+    assert torch.allclose(loaded["D"](img, c), D.eval()(img, c), atol=1e-6)  # mbstd over the whole batch of 3
