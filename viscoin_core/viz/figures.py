@@ -365,6 +365,8 @@ def top_n_curve(top_n: Mapping, g_accuracy: float | None = None, published: Mapp
     if g_accuracy is not None:
         ax.axhline(g_accuracy, color="grey", linestyle=":", label="g, all concepts")
     ax.set_xscale("log", base=2)
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.minorticks_off()
     ax.set_xlabel("concepts kept (N)")
     ax.set_ylabel("accuracy (%)")
     ax.legend(fontsize=7)
