@@ -50,46 +50,39 @@ def batch_size_for(resolution: int, supersample: int = 1) -> int:
     return int(max(1, min(256, 2**20 // (resolution * supersample) ** 2)))
 
 
+def blur(image: np.ndarray, sigma: np.ndarray | float, anisotropy: np.ndarray | float = 1.0,
+         angle: np.ndarray | float = 0.0) -> np.ndarray:
+    """Per-image (anisotropic) Gaussian blur of (n, size, size) by FFT, peak-normalised.
+
+    sigma: standard deviation in pixels, per image or shared; with anisotropy > 1 the kernel is that
+    many times longer along `angle` (radians). A single 1-valued pixel becomes a blob whose centre
+    is 1, so a threshold of 1/2 draws a disc of radius ~1.18 sigma.
+    """
+    n, size, _ = image.shape
+    ky = fft.fftfreq(size)[:, None].astype(np.float32)  # cycles per pixel
+    kx = fft.rfftfreq(size)[None, :].astype(np.float32)
+    per_image = lambda a: np.broadcast_to(np.asarray(a, np.float32), (n,))[:, None, None]  # noqa: E731
+    sigma, anisotropy, angle = per_image(sigma), per_image(anisotropy), per_image(angle)
+    along = kx * np.cos(angle) + ky * np.sin(angle)
+    across = -kx * np.sin(angle) + ky * np.cos(angle)
+    s_along, s_across = sigma * anisotropy, sigma
+    gain = np.exp(-2 * np.pi**2 * ((s_along * along) ** 2 + (s_across * across) ** 2)).astype(np.float32)
+    out = fft.irfft2(fft.rfft2(image) * gain, s=(size, size)).astype(np.float32)
+    return out * (2 * np.pi * s_along * s_across)
+
+
 def smooth_noise(rng: np.random.Generator, n: int, size: int, sigma: np.ndarray | float,
                  anisotropy: np.ndarray | float = 1.0, angle: np.ndarray | float = 0.0) -> np.ndarray:
     """Gaussian-filtered white noise, standardised per image: float32 (n, size, size).
 
-    sigma: correlation length as a fraction of the image side, per image or shared. With
-    anisotropy > 1 the field stretches by that factor along `angle` (radians): fibres.
+    sigma: correlation length as a fraction of the image side; anisotropy and angle as in `blur`
+    (stretched noise makes fibres).
     """
     white = rng.standard_normal((n, size, size), dtype=np.float32)
-    ky = fft.fftfreq(size)[:, None].astype(np.float32) * size  # cycles per image
-    kx = fft.rfftfreq(size)[None, :].astype(np.float32) * size
-    sigma = np.broadcast_to(np.asarray(sigma, np.float32), (n,))[:, None, None]
-    anisotropy = np.broadcast_to(np.asarray(anisotropy, np.float32), (n,))[:, None, None]
-    angle = np.broadcast_to(np.asarray(angle, np.float32), (n,))[:, None, None]
-    along = kx * np.cos(angle) + ky * np.sin(angle)
-    across = -kx * np.sin(angle) + ky * np.cos(angle)
-    gain = np.exp(-2 * np.pi**2 * sigma**2 * ((along * anisotropy) ** 2 + across**2))
-    field = fft.irfft2(fft.rfft2(white) * gain.astype(np.float32), s=(size, size)).astype(np.float32)
+    field = blur(white, np.asarray(sigma, np.float32) * size, anisotropy, angle)
     field -= field.mean(axis=(1, 2), keepdims=True)
     field /= field.std(axis=(1, 2), keepdims=True) + 1e-6
     return field
-
-
-def blur(image: np.ndarray, sigma: np.ndarray, anisotropy: np.ndarray | float = 1.0,
-         angle: np.ndarray | float = 0.0) -> np.ndarray:
-    """Per-image (anisotropic) Gaussian blur of (n, size, size), sigma in pixels, peak-normalised.
-
-    A single 1-valued pixel becomes a blob whose centre is 1 (so thresholds mean 'blob radius').
-    """
-    n, size, _ = image.shape
-    ky = fft.fftfreq(size)[:, None].astype(np.float32)
-    kx = fft.rfftfreq(size)[None, :].astype(np.float32)
-    sigma = np.broadcast_to(np.asarray(sigma, np.float32), (n,))[:, None, None]
-    anisotropy = np.broadcast_to(np.asarray(anisotropy, np.float32), (n,))[:, None, None]
-    angle = np.broadcast_to(np.asarray(angle, np.float32), (n,))[:, None, None]
-    along = kx * np.cos(angle) + ky * np.sin(angle)
-    across = -kx * np.sin(angle) + ky * np.cos(angle)
-    s_along, s_across = sigma * anisotropy, sigma
-    gain = np.exp(-2 * np.pi**2 * ((s_along * along) ** 2 + (s_across * across) ** 2))
-    out = fft.irfft2(fft.rfft2(image) * gain.astype(np.float32), s=(size, size)).astype(np.float32)
-    return out * (2 * np.pi * s_along * s_across)
 
 
 def downsample(image: np.ndarray, factor: int) -> np.ndarray:
@@ -103,11 +96,6 @@ def downsample(image: np.ndarray, factor: int) -> np.ndarray:
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """float [0, 1] -> uint8, rounded."""
     return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
-def uniform(rng: np.random.Generator, ranges: np.ndarray) -> np.ndarray:
-    """Draw one value per row of `ranges` (n, 2) uniformly in [low, high]."""
-    return ranges[:, 0] + (ranges[:, 1] - ranges[:, 0]) * rng.random(len(ranges))
 
 
 def paint(canvas: np.ndarray, mask: np.ndarray, colour: np.ndarray) -> None:
