@@ -168,3 +168,11 @@ def test_classifier_class_count_must_match_data(cache_dir, tmp_path):
 def test_smoke_params_parse():
     smoke = load_config(V.ViscoinConfig, "params/smoke/viscoin.yaml")
     assert smoke.f == "random" and smoke.lpips_backbone == "random" and smoke.fid_features == "classifier"
+
+
+def test_bf16_autocast_path_runs(cache_dir):
+    """The CUDA fast path's bf16 autocast, exercised on CPU: finite terms, float32 parameters."""
+    tr = make_trainer(tiny(cache_dir, amp="bf16", batch_fake=1))
+    terms = tr.step(torch.rand(1, 3, 32, 32) * 2 - 1, V.synthetic_z(tr.cfg, 0, tr.G.z_dim), 0)
+    assert all(torch.isfinite(torch.tensor(v)) for v in terms.values())
+    assert all(p.dtype == torch.float32 for p in tr.psi.parameters())

@@ -238,7 +238,7 @@ def bench_viscoin(args) -> None:
               "resolution": resolution, "f_arch": cfg.f_arch, "n_concepts": cfg.n_concepts,
               "seconds_per_step": round(seconds, 3), "steps": max(args.steps, 1),
               "peak_mem_mb": round(peak_mem_mb(device), 1), "torch_threads": torch.get_num_threads(),
-              "amp": "bf16" if trainer.cuda and cfg.amp == "auto" else "fp32", "compile": cfg.compile}
+              "amp": "bf16" if trainer.amp else "fp32", "compile": cfg.compile}
     if device.type == "cuda":
         record["gpu"] = torch.cuda.get_device_name(device)
     else:

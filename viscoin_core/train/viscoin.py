@@ -98,7 +98,8 @@ class ViscoinConfig:
     fid_features: str = param("inception", choices=("inception", "classifier"), help="FID/KID features of the final evaluation")
     # speed
     compile: bool = param(False, help="torch.compile f, Psi, G.synthesis and LPIPS (CUDA)")
-    amp: str = param("auto", choices=("auto", "off"), help="'auto': bf16 autocast on CUDA, float32 on CPU")
+    amp: str = param("auto", choices=("auto", "off", "bf16"),
+                     help="'auto': bf16 autocast on CUDA, float32 on CPU; 'bf16': bf16 autocast on any device")
 
     def __post_init__(self):
         if not self.data and not self.cache_dir:
@@ -291,7 +292,8 @@ class Trainer:
         self.psi.to(memory_format=fmt)
         params = [p for m in self.parts.values() for p in m.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=True if self.cuda else None)
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda and cfg.amp == "auto"
+        self.amp = cfg.amp == "bf16" or (cfg.amp == "auto" and self.cuda)
+        self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if self.amp
                          else contextlib.nullcontext())
         # compiled views for speed; the plain modules above are what is saved
         self.run_taps, self.run_f, self.run_psi = self.f.forward_taps, self.f, self.psi
