@@ -299,6 +299,14 @@ def test_wrong_top_level_and_wrong_class(tmp_path, nets):
         load_network_pkl(swapped)
 
 
+def test_stylegan3_pickle_is_named(tmp_path, nets):
+    path = tmp_path / "sg3.pkl"
+    write_official_pickle(path, {"G_ema": nets["G"]}, with_extras=False,
+                          module_src="class SynthesisInput(torch.nn.Module):\n    pass\n")
+    with pytest.raises(NetworkPickleError, match="StyleGAN3"):
+        load_network_pkl(path)
+
+
 def test_weights_of_another_resolution(tmp_path):
     G32 = Generator(**small_generator_kwargs(resolution=32, w_dim=16, channel_base=256, channel_max=16))
     G16 = Generator(**small_generator_kwargs(resolution=16, w_dim=16, channel_base=256, channel_max=16))

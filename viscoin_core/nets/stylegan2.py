@@ -891,17 +891,19 @@ class NetworkPickleError(ValueError):
 class _PersistentStub:
     """What a `torch_utils.persistence` object becomes here: its class name and state, no code."""
 
-    def __init__(self, class_name: str, version: Any, state: dict):
+    def __init__(self, class_name: str, version: Any, state: dict, stylegan3: bool = False):
         self.class_name = class_name
         self.version = version
         self.state = state
+        self.stylegan3 = stylegan3  # only for a helpful error: this package builds StyleGAN2 networks
 
     def __repr__(self) -> str:
         return f"<persistent {self.class_name}>"
 
 
 def _reconstruct_persistent_obj(meta: Any) -> _PersistentStub:
-    # `meta['module_src']` (the official source code) is deliberately never looked at again.
+    # `meta['module_src']` (the official source code) is never executed; it is only searched, as
+    # text, for StyleGAN3's synthesis input layer to explain why such a pickle cannot be built.
     if not isinstance(meta, Mapping):
         raise NetworkPickleError(f"persistent object meta must be a dict, got {type(meta).__name__}")
     missing = {"type", "class_name", "state"} - set(meta)
@@ -916,7 +918,9 @@ def _reconstruct_persistent_obj(meta: Any) -> _PersistentStub:
         state = {}
     if not isinstance(state, Mapping):
         raise NetworkPickleError(f"persistent {class_name} has state of type {type(state).__name__}, expected a dict")
-    return _PersistentStub(class_name, meta.get("version"), dict(state))
+    src = meta.get("module_src")
+    stylegan3 = isinstance(src, str) and "class SynthesisInput" in src
+    return _PersistentStub(class_name, meta.get("version"), dict(state), stylegan3)
 
 
 class _ModuleStub:
@@ -1083,6 +1087,9 @@ def _network_from_stub(stub: Any, cls: type, source: str) -> torch.nn.Module:
     if not isinstance(args, (tuple, list)) or not isinstance(kwargs, Mapping):
         raise NetworkPickleError(f"{source}: constructor arguments missing or malformed")
     args, kwargs = _plain(list(args)), _plain(kwargs)
+    if stub.stylegan3:
+        raise NetworkPickleError(f"{source}: is a StyleGAN3 {cls.__name__}; only StyleGAN2(-ADA) networks "
+                                 "are supported")
     try:
         module = cls(*args, **kwargs)
     except (TypeError, ValueError, KeyError) as e:
