@@ -45,6 +45,10 @@ class ClassifierConfig:
     weight_decay: float = param(0.0, low=0)
     class_weights: bool = param(False, help="cross entropy weighted by normalised inverse class frequency (the study on NCT)")
     augment: bool = param(True, help="random pad-crop and horizontal flip of training images")
+    rotate90: bool = param(False, help="also random 90-degree rotations and vertical flips (orientation-free "
+                                       "images such as histology tiles)")
+    recalibrate_bn: bool = param(False, help="before each validation, recompute BatchNorm statistics on the "
+                                             "training part (precise BN; matters only for very short runs)")
     val_fraction: float = param(0.1, low=0, high=0.5, low_open=True, help="part of TRAIN held out to pick the best epoch")
     eval_batch_size: int = param(128, low=1)
     log_every: int = param(20, low=1, help="steps between step records in log.jsonl")
@@ -112,6 +116,35 @@ def evaluate(f: torch.nn.Module, dataset, batch_size: int, device: torch.device,
     return {"loss": loss_sum / max(n, 1), "accuracy": 100.0 * correct / max(n, 1), "n": n}
 
 
+def random_dihedral(x: torch.Tensor) -> torch.Tensor:
+    """Each image of x (B, C, H, W) rotated by a random multiple of 90 degrees and flipped vertically
+    with probability 1/2 (with the loader's horizontal flip: all 8 symmetries of the square)."""
+    k = torch.randint(0, 4, (x.shape[0],))
+    flip = torch.rand(x.shape[0]) < 0.5
+    out = torch.stack([torch.rot90(img, int(r), dims=(1, 2)) for img, r in zip(x, k)])
+    return torch.where(flip.to(x.device)[:, None, None, None], out.flip(2), out)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(f: torch.nn.Module, dataset, batch_size: int, device: torch.device) -> None:
+    """Replace BatchNorm running statistics by their exact averages over `dataset` (precise BN)."""
+    norms = [m for m in f.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None                 # cumulative average over the batches below
+    was_training = f.training
+    f.train()
+    for x, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        if x.shape[0] > 1:                # BatchNorm needs two values per channel
+            f(x.to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    f.train(was_training)
+
+
 def load_data(config: ClassifierConfig):
     """(train dataset with augmentation, the same without, test dataset) of the configured cache."""
     from viscoin_core.data import load_split
@@ -162,15 +195,20 @@ def train_classifier(config: ClassifierConfig, run_dir: str | Path) -> dict:
     elif log_path.exists():
         log_path.unlink()
 
-    step = start_epoch * -(-len(train_part) // config.batch_size)
+    # A last batch of one image would break BatchNorm (and weighs one image like a full batch): drop it.
+    drop_last = len(train_part) > config.batch_size
+    steps_per_epoch = len(train_part) // config.batch_size if drop_last else 1
+    step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, config.epochs):
         started = time.time()
-        loader = DataLoader(train_part, batch_size=config.batch_size, shuffle=True, drop_last=False,
+        loader = DataLoader(train_part, batch_size=config.batch_size, shuffle=True, drop_last=drop_last,
                             num_workers=config.num_workers,
                             generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
         f.train()
         loss_sum, correct, n = 0.0, 0, 0
         for x, y in tqdm(loader, desc=f"f epoch {epoch + 1}/{config.epochs}", leave=False):
+            if config.rotate90:
+                x = random_dihedral(x)
             x, y = x.to(device), y.to(device)
             logits = f(x)
             loss = F.cross_entropy(logits, y, weight=weight)
@@ -178,12 +216,14 @@ def train_classifier(config: ClassifierConfig, run_dir: str | Path) -> dict:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += float(loss) * y.shape[0]
+            loss_sum += float(loss.detach()) * y.shape[0]
             correct += count_correct(logits.detach(), y)
             n += y.shape[0]
             step += 1
             if step % config.log_every == 0:
                 append_jsonl(log_path, {"kind": "step", "epoch": epoch, "step": step, "loss": float(loss)})
+        if config.recalibrate_bn:
+            recalibrate_batchnorm(f, Subset(train_plain, train_idx), config.eval_batch_size, device)
         val = evaluate(f, val_part, config.eval_batch_size, device, weight, desc="validation")
         record = {"kind": "epoch", "epoch": epoch, "step": step, "train_loss": loss_sum / n,
                   "train_accuracy": 100.0 * correct / n, "val_loss": val["loss"], "val_accuracy": val["accuracy"],

@@ -1,0 +1,115 @@
+"""Fine-tuning f: accuracy bookkeeping, class weights, the validation split, resume, the smoke run's accuracy."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from viscoin_core.config import ConfigError, load_config, read_params, repo_root
+from viscoin_core.nets.classifier import build_classifier, load_classifier, save_classifier
+from viscoin_core.train import classifier as C
+from viscoin_core.train.loop import read_jsonl
+
+ROOT = repo_root(Path(__file__).parent)
+
+
+def test_count_correct_compares_b_with_b():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0], [0.0, 5.0]])
+    labels = torch.tensor([0, 1, 1, 1])
+    assert C.count_correct(logits, labels) == 3
+    # The released code compared (B, 1) predictions with (B,) labels: a (B, B) table whose sum is
+    # not the number of correct rows (here it would count 1 + 3 = ... anything but 3).
+    broadcast = (logits.argmax(1, keepdim=True) == labels).sum().item()
+    assert broadcast != 3
+    with pytest.raises(ValueError, match=r"\(B,\)"):
+        C.count_correct(logits, labels[:, None])
+    with pytest.raises(ValueError):
+        C.count_correct(logits[:3], labels)
+
+
+def test_class_weights_are_normalised_inverse_frequency():
+    labels = torch.tensor([0] * 1 + [1] * 2 + [2] * 4)
+    w = C.class_weight_tensor(labels, 3)
+    inv = torch.tensor([1.0, 0.5, 0.25])
+    assert torch.allclose(w, inv / inv.mean())
+    with pytest.raises(ValueError, match="classes \\[3\\]"):
+        C.class_weight_tensor(labels, 4)
+
+
+def test_validation_part_is_a_fixed_disjoint_split_of_train():
+    train, val = C.split_train_val(50, 0.2, seed=3)
+    assert len(val) == 10 and len(train) == 40
+    assert set(train).isdisjoint(val) and set(train) | set(val) == set(range(50))
+    assert C.split_train_val(50, 0.2, seed=3) == (train, val)
+    assert C.split_train_val(50, 0.2, seed=4) != (train, val)
+
+
+def test_init_from_with_other_class_count_is_rejected(tmp_path):
+    f = build_classifier("resnet18", n_classes=5)
+    save_classifier(f, tmp_path / "f.pt")
+    config = C.ClassifierConfig(data="params/smoke/data_toytissue.yaml", arch="resnet18", init_from=str(tmp_path / "f.pt"))
+    with pytest.raises(ConfigError, match="5 classes.*has 9"):
+        C.build_f(config, 9, [str(i) for i in range(9)])
+
+
+def test_bad_parameters_are_rejected():
+    with pytest.raises(ConfigError, match="epochs"):
+        load_config(C.ClassifierConfig, ROOT / "params/smoke/classifier.yaml", epochs=0)
+    with pytest.raises(ConfigError, match="val_fraction"):
+        load_config(C.ClassifierConfig, ROOT / "params/smoke/classifier.yaml", val_fraction=0.0)
+
+
+def test_notebook_defaults_are_the_smoke_file():
+    # Notebook 03 names params/smoke/classifier.yaml as its FID classifier and reuses notebook 02's
+    # default run; that only works while both hold the same values.
+    from viscoin_core.batch import notebook_parameters
+    nb = notebook_parameters(ROOT / "notebooks/02_pretrain_classifier.ipynb")
+    smoke = read_params(ROOT / "params/smoke/classifier.yaml")
+    assert {k: nb[k] for k in smoke} == smoke
+    assert Path(nb["run_dir"]) == C.default_run_dir("params/smoke/classifier.yaml").relative_to(ROOT)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    config = load_config(C.ClassifierConfig, ROOT / "params/smoke/classifier.yaml", device="cpu")
+    run_dir = tmp_path_factory.mktemp("f_smoke")
+    return config, run_dir, C.train_classifier(config, run_dir)
+
+
+def test_smoke_profile_reaches_95_percent_on_toytissue(smoke_run):
+    config, run_dir, metrics = smoke_run
+    assert metrics["test_accuracy"] >= 95.0
+    assert metrics["f_accuracy"] == metrics["test_accuracy"]
+    assert metrics["n_test"] == 72 and metrics["n_train"] + metrics["n_val"] == 72
+    f = load_classifier(run_dir / "f.pt")
+    assert f.class_names[0] == "ADI" and f.n_classes == 9
+    epochs = [r for r in read_jsonl(run_dir / "log.jsonl") if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == list(range(config.epochs))
+    assert metrics["best_epoch"] == 1 + max(range(len(epochs)), key=lambda i: (epochs[i]["val_accuracy"], -i))
+    assert json.loads((run_dir / "metrics.json").read_text()) == metrics
+
+
+def test_interrupted_run_resumes_to_the_same_result(smoke_run, tmp_path, monkeypatch):
+    config, run_dir, metrics = smoke_run
+    stop_after = 2
+    original = C.evaluate
+
+    def interrupt(*args, **kwargs):       # dies in the validation of epoch `stop_after`
+        if kwargs.get("desc") == "validation":
+            interrupt.calls += 1
+            if interrupt.calls == stop_after + 1:
+                raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    interrupt.calls = 0
+    monkeypatch.setattr(C, "evaluate", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        C.train_classifier(config, tmp_path)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == stop_after - 1
+    monkeypatch.setattr(C, "evaluate", original)
+    resumed = C.train_classifier(config, tmp_path)
+    assert resumed == metrics
+    a = torch.load(run_dir / "f.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "f.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
