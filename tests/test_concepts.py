@@ -213,3 +213,12 @@ def test_reinitialised_draws_fresh_reproducible_weights():
     a, b = C.reinitialised(net, seed=1), C.reinitialised(net, seed=1)
     assert not torch.equal(a[0].weight, net[0].weight)
     assert torch.equal(a[0].weight, b[0].weight) and torch.equal(a[2].bias, b[2].bias)
+
+
+def test_consistency_without_relevant_concepts_reports_none():
+    K = 3
+    system = identity_system(torch.eye(K))
+    pool = _pools(system, 20, K, 0)
+    r_kc = torch.full((K, K), 0.2)                  # no concept passes 0.5 for any class
+    out = C.consistency(system, pool, pool, r_kc)
+    assert out["n_concepts"] == 0 and math.isnan(out["mean"]) and out["per_concept"] == {}

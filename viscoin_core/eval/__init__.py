@@ -188,7 +188,9 @@ def _untrained_activations(system, test, index, batch_size: int, seed: int, devi
 
 
 def _json_ready(value):
-    """Tensors/numpy scalars to floats, dict keys to strings (JSON), recursively."""
+    """Tensors/numpy scalars to floats, dict keys to strings, NaN to null (strict JSON), recursively."""
+    if isinstance(value, float) and value != value:
+        return None
     if isinstance(value, dict):
         return {str(k): _json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -196,5 +198,5 @@ def _json_ready(value):
     if isinstance(value, torch.Tensor):
         return value.tolist()
     if hasattr(value, "item"):
-        return value.item()
+        return _json_ready(value.item())
     return value
