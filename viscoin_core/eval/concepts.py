@@ -391,14 +391,18 @@ def alignment(activations: torch.Tensor, targets: torch.Tensor, names: Sequence[
 
 
 def reinitialised(module: nn.Module, seed: int = 0) -> nn.Module:
-    """A copy of `module` with every layer's parameters drawn afresh (an untrained Psi)."""
-    fresh = copy.deepcopy(module)
+    """A copy of `module` with every layer's parameters drawn afresh (an untrained Psi), on the same device.
+
+    Drawn on the CPU from `seed`, so the result is the same on every device and no global RNG moves.
+    """
+    device = next(module.parameters()).device
+    fresh = copy.deepcopy(module).cpu()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for m in fresh.modules():
             if hasattr(m, "reset_parameters"):
                 m.reset_parameters()
-    return fresh
+    return fresh.to(device)
 
 
 def factor_alignment(trained: torch.Tensor, untrained: torch.Tensor, factors: torch.Tensor,
