@@ -262,6 +262,9 @@ def test_bbox_and_study_crops_through_prepare(tmp_path):
         path = prepare(cub_config(tmp_path, crop=crop, cache_dir=str(tmp_path / crop)))
         assert read_manifest(path.parent)["settings"]["crop"] == crop
         assert load_split(path.parent, "train")[0][0].shape == (3, 16, 16)
+    # the study's random windows (and baked flips) follow the seed
+    again = prepare(cub_config(tmp_path, crop="study", cache_dir=str(tmp_path / "again")))
+    assert read_manifest(again.parent)["checksum"] == read_manifest(tmp_path / "study")["checksum"]
 
 
 def test_config_validation():
