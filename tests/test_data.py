@@ -262,9 +262,13 @@ def test_bbox_and_study_crops_through_prepare(tmp_path):
         path = prepare(cub_config(tmp_path, crop=crop, cache_dir=str(tmp_path / crop)))
         assert read_manifest(path.parent)["settings"]["crop"] == crop
         assert load_split(path.parent, "train")[0][0].shape == (3, 16, 16)
-    # the study's random windows (and baked flips) follow the seed
-    again = prepare(cub_config(tmp_path, crop="study", cache_dir=str(tmp_path / "again")))
-    assert read_manifest(again.parent)["checksum"] == read_manifest(tmp_path / "study")["checksum"]
+    # the study's random 256 px windows (and baked flips) follow the seed: use a textured image
+    noise = np.random.default_rng(0).integers(0, 256, (280, 300, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "CUB_200_2011" / "images" / CUB_CLASSES[0] / "Red_Bird_0.jpg", format="PNG")
+    first, again, other = (prepare(cub_config(tmp_path, crop="study", seed=seed, cache_dir=str(tmp_path / name)))
+                           for name, seed in (("s0", 0), ("s0_again", 0), ("s1", 1)))
+    checksum = lambda path: read_manifest(path.parent)["checksum"]["sha256"]  # noqa: E731
+    assert checksum(first) == checksum(again) != checksum(other)
 
 
 def test_config_validation():
