@@ -335,6 +335,14 @@ def test_folder_dataset_split_is_seeded_and_per_class(tmp_path):
     assert np.bincount(a.splits["test"].labels).tolist() == [2, 1]
     assert np.bincount(a.splits["train"].labels).tolist() == [8, 4]
     assert not set(a.splits["test"].paths) & set(a.splits["train"].paths)
+    path = prepare({"dataset": "folder", "root": str(tmp_path / "pets"), "cache_dir": str(tmp_path / "cache"),
+                    "resolution": 8, "seed": 3, "workers": 1})
+    manifest = read_manifest(path.parent)
+    assert manifest["class_names"] == ["cats", "dogs"] and manifest["counts"]["test"]["per_class"] == [2, 1]
+    # the held-out images are the ones read_folder chose: their red values are the file names
+    test = load_split(path.parent, "test")
+    held_out = sorted(int(p.stem) for p in a.splits["test"].paths[:2])
+    assert sorted(int(test.images[i][0, 0, 0]) for i in range(2)) == held_out
     (tmp_path / "pets" / "empty").mkdir()
     with pytest.raises(DataError, match="empty holds no images"):
         read_folder(tmp_path / "pets")
