@@ -417,3 +417,11 @@ def test_class_grid_rows_hold_their_class(tmp_path):
     assert any(np.array_equal(grid[:16, :16], train.images[i]) for i in (0, 1))  # row 0: class 0
     np.testing.assert_array_equal(grid[2 * 17:2 * 17 + 16, :16], train.images[4])
     assert counts_table(read_manifest(tmp_path / "cache"))["train"].tolist() == [2, 2, 2]
+
+
+def test_cub_attribute_rows_with_unknown_ids_fail(tmp_path):
+    root = write_cub(tmp_path / "CUB_200_2011")
+    with open(root / "attributes" / "image_attribute_labels.txt", "a") as handle:
+        handle.write("5 7 1 4 0.0\n")
+    with pytest.raises(DataError, match=r"attribute id\(s\) \[7\] missing from .*attributes\.txt"):
+        read_cub(root)

@@ -76,6 +76,17 @@ def find_attribute_names(root: Path) -> Path | None:
     return None
 
 
+def read_attribute_rows(path: Path) -> np.ndarray:
+    """int64 (R, 4): image id, attribute id, is_present, certainty of each row (time and the stray
+    extra fields some rows of the official file carry are dropped). 3.7M rows for CUB: read by pandas."""
+    import pandas as pd
+    table = pd.read_csv(path, sep=r"\s+", header=None, names=range(8), dtype=float).iloc[:, :4]
+    bad = np.flatnonzero(table.isna().any(axis=1).to_numpy())
+    if len(bad):
+        raise DataError(f"{path}, line {bad[0] + 1}: expected <image_id> <attribute_id> <is_present> <certainty_id> <time>")
+    return table.to_numpy().astype(np.int64)
+
+
 def read_attributes(root: Path, ids: dict[int, int]) -> tuple[np.ndarray, list[str]] | tuple[None, None]:
     """bool (N, A) with the certainty rule, and the A names; (None, None) when CUB ships none here."""
     labels_path = root / "attributes" / "image_attribute_labels.txt"
@@ -85,22 +96,27 @@ def read_attributes(root: Path, ids: dict[int, int]) -> tuple[np.ndarray, list[s
     if names_path is None:
         raise DataError(f"{labels_path} exists but attributes.txt (the attribute names) was not found "
                         f"in {root}, {root.parent} or {root / 'attributes'}; expected {LAYOUT}")
-    named = read_named_table(names_path)
-    names = [name for _, name in sorted(named)]
-    index_of = {attr_id: i for i, (attr_id, _) in enumerate(sorted(named))}
-    rows = np.array([fields[:4] for fields in read_table(labels_path, 4)], dtype=np.int64).reshape(-1, 4)
-    unknown_images = sorted(set(rows[:, 0].tolist()) - set(ids))
-    if unknown_images:
-        raise DataError(f"{labels_path} names image id(s) {unknown_images[:10]} that images.txt does not list")
-    unknown_attrs = sorted(set(rows[:, 1].tolist()) - set(index_of))
-    if unknown_attrs:
-        raise DataError(f"{labels_path} names attribute id(s) {unknown_attrs[:10]} missing from {names_path}")
-    present = np.zeros((len(ids), len(names)), dtype=bool)
+    named = sorted(read_named_table(names_path))
+    names = [name for _, name in named]
+    rows = read_attribute_rows(labels_path)
+    image_rows = lookup(rows[:, 0], ids, f"{labels_path} names image id(s)", "that images.txt does not list")
+    attr_cols = lookup(rows[:, 1], {attr_id: i for i, (attr_id, _) in enumerate(named)},
+                       f"{labels_path} names attribute id(s)", f"missing from {names_path}")
     keep = (rows[:, 2] == 1) & (rows[:, 3] >= MIN_CERTAINTY)
-    image_rows = np.array([ids[i] for i in rows[keep, 0].tolist()], dtype=np.int64)
-    attr_cols = np.array([index_of[a] for a in rows[keep, 1].tolist()], dtype=np.int64)
-    present[image_rows, attr_cols] = True
+    present = np.zeros((len(ids), len(names)), dtype=bool)
+    present[image_rows[keep], attr_cols[keep]] = True
     return present, names
+
+
+def lookup(keys: np.ndarray, table: dict[int, int], what: str, why: str) -> np.ndarray:
+    """Map integer ids through `table` in one vectorised step; unknown ids are an error naming them."""
+    known = np.array(sorted(table), dtype=np.int64)
+    values = np.array([table[k] for k in known.tolist()], dtype=np.int64)
+    pos = np.clip(np.searchsorted(known, keys), 0, len(known) - 1)
+    unknown = known[pos] != keys
+    if unknown.any():
+        raise DataError(f"{what} {sorted(set(keys[unknown].tolist()))[:10]} {why}")
+    return values[pos]
 
 
 def read_cub(root: str | Path) -> RawDataset:
