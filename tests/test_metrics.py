@@ -181,3 +181,16 @@ def test_audit_replays_the_code_fid_inputs():
     assert audit.as_if_0_255(torch.tensor([0.0, 255.0])).tolist() == [-1.0, 1.0]
     real, fake = audit.code_fid_inputs(x, x)
     assert real.abs().sub(1).abs().max() < 0.03 and fake.abs().sub(1).abs().max() < 0.01
+
+
+def test_lpips_vgg_offline_error_names_file_and_setting(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    import torchvision.models._api as api
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+    monkeypatch.setattr(api, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(metrics, "_LPIPS_BUILT", {})
+    with pytest.raises(metrics.WeightsUnavailable, match="lpips_backbone: random") as err:
+        metrics.build_lpips("vgg")
+    assert metrics.VGG16_WEIGHTS in str(err.value)
