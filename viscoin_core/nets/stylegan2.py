@@ -326,11 +326,23 @@ class Conv2dLayer(torch.nn.Module):
                 self.bias = None
 
     def forward(self, x, gain=1):
-        w = (self.weight * self.weight_gain).to(x.dtype)
-        b = self.bias.to(x.dtype) if self.bias is not None else None
-        x = conv2d_resample(x, w, self.resample_filter, up=self.up, down=self.down, padding=self.padding)
         act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return bias_act(x, b, act=self.activation, gain=self.act_gain * gain, clamp=act_clamp)
+        if self.activation not in _HOMOGENEOUS:
+            w = (self.weight * self.weight_gain).to(x.dtype)
+            b = self.bias.to(x.dtype) if self.bias is not None else None
+            x = conv2d_resample(x, w, self.resample_filter, up=self.up, down=self.down, padding=self.padding)
+            return bias_act(x, b, act=self.activation, gain=self.act_gain * gain, clamp=act_clamp)
+        # as in SynthesisLayer: the output gain rides on the weight and bias (act(g v) = g act(v)),
+        # then bias and activation update the fresh convolution output in place
+        g = self.act_gain * gain
+        w = (self.weight * (self.weight_gain * g)).to(x.dtype)
+        x = conv2d_resample(x, w, self.resample_filter, up=self.up, down=self.down, padding=self.padding)
+        if self.bias is not None:
+            x = x.add_((self.bias * g).to(x.dtype).reshape(1, -1, 1, 1))
+        x = _HOMOGENEOUS[self.activation](x)
+        if act_clamp is not None and act_clamp >= 0:
+            x = _clamp(x, act_clamp)
+        return x
 
 
 class MappingNetwork(torch.nn.Module):
