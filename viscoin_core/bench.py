@@ -288,6 +288,53 @@ def bench_generator(args) -> None:
     emit(record)
 
 
+def bench_eval(args) -> None:
+    """Evaluation costs per test image on random networks: faithfulness (one reconstruction, then two
+    per tau, each classified by g: 7 generations and 7 passes of f and Psi for tau 0.1/0.2/0.4) and
+    FID features of an image and its reconstruction (f.penultimate). smoke: 32 px, resnet18, small G,
+    K = 16, batch 16; paper: ResNet-50 at 256 px, StyleGAN2 paper256, K = 256, batch 16."""
+    import os
+
+    from viscoin_core.config import parse_config
+    from viscoin_core.eval.concepts import System, faithfulness_batch
+    from viscoin_core.eval.metrics import classifier_extractor
+    from viscoin_core.nets.stylegan2 import paper256_kwargs
+    from viscoin_core.nets.viscoin import reconstruct
+    from viscoin_core.train import loop
+    from viscoin_core.train.viscoin import (ViscoinConfig, _random_generator_kwargs, build_f, build_parts,
+                                            random_generator)
+
+    device = loop.pick_device(args.device)
+    paper = args.size == "paper"
+    resolution, n_classes, batch = (256, 200, 16) if paper else (32, 12, 16)
+    cfg = parse_config(ViscoinConfig, dict(
+        f="random", G="random", cache_dir="unused", device=str(device), f_arch="resnet50" if paper else "resnet18",
+        n_concepts=256 if paper else 16, latent_channels=512 if paper else 32,
+        coarse_layer=3 if paper else 2, mid_layer=12 if paper else 5))
+    f = build_f(cfg, n_classes).to(device)
+    G = random_generator(paper256_kwargs()[0] if paper else _random_generator_kwargs(cfg, resolution), cfg.seed).to(device)
+    parts = {k: m.to(device).eval() for k, m in build_parts(cfg, f, G, n_classes).items()}
+    system = System(f=f, psi=parts["psi"], theta=parts["theta"],
+                    decode=lambda phi, phi_prime: reconstruct(G, parts["omega"], phi, phi_prime))
+    x = torch.rand(batch, 3, resolution, resolution, device=device) * 2 - 1
+    phi, phi_prime = system.concepts(x)
+    features = classifier_extractor(f, device)
+    steps = max(args.steps, 1)
+    load_before = os.getloadavg()[0]
+    faith = time_steps(lambda: faithfulness_batch(system, phi, phi_prime), steps, device)
+    fid = time_steps(lambda: (features(x), features(system.reconstruct(phi, phi_prime))), steps, device)
+    record = {"name": "eval", "size": args.size, "device": str(device), "batch": batch, "resolution": resolution,
+              "f_arch": cfg.f_arch, "n_concepts": cfg.n_concepts, "steps": steps,
+              "faithfulness_seconds_per_image": round(faith / batch, 4),
+              "reconstruction_and_fid_features_seconds_per_image": round(fid / batch, 4),
+              "peak_mem_mb": round(peak_mem_mb(device), 1), "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        record["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        record["load_average_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    emit(record)
+
+
 # name -> "module:function"; each function takes the parsed argparse namespace and emits JSON lines.
 BENCHMARKS: dict[str, str] = {
     "data": "viscoin_core.bench:bench_data",
@@ -295,6 +342,7 @@ BENCHMARKS: dict[str, str] = {
     "classifier": "viscoin_core.bench:bench_classifier",
     "viscoin": "viscoin_core.bench:bench_viscoin",
     "generator": "viscoin_core.bench:bench_generator",
+    "eval": "viscoin_core.bench:bench_eval",
 }
 
 
