@@ -130,7 +130,7 @@ def write_official_pickle(path, nets: dict, protocol=3, module_src="raise System
     with official_modules() as mods:
         data = {}
         for key, net in nets.items():
-            data[key] = as_persistent(mods, net, net.init_kwargs, module_src)
+            data[key] = None if net is None else as_persistent(mods, net, net.init_kwargs, module_src)
         if with_extras:
             data["augment_pipe"] = as_persistent(mods, AugmentPipe(), dict(xflip=1), module_src)
             data["training_set_kwargs"] = easydict(mods, dict(class_name="training.dataset.ImageFolderDataset",
@@ -205,7 +205,7 @@ def test_official_pickle_round_trip(tmp_path, nets, protocol):
 
 def test_generator_only_pickle(tmp_path, nets):
     path = tmp_path / "g.pkl"
-    write_official_pickle(path, {"G_ema": nets["G_ema"]}, with_extras=False)
+    write_official_pickle(path, {"G_ema": nets["G_ema"], "D": None, "augment_pipe": None}, with_extras=False)
     loaded = load_network_pkl(path)
     assert set(loaded) == {"G_ema"}
     assert same_outputs(load_generator(path), nets["G_ema"].eval(), "G")

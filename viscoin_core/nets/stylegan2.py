@@ -1142,7 +1142,7 @@ def load_network_pkl(path: str | Path) -> dict[str, torch.nn.Module]:
                                  "'G', 'D', 'G_ema'")
     nets = {}
     for key, cls in (("G", Generator), ("D", Discriminator), ("G_ema", Generator)):
-        if key in data:
+        if data.get(key) is not None:  # the training loop stores None for modules it did not have
             nets[key] = _network_from_stub(data[key], cls, f"{source}[{key!r}]")
     if "G" not in nets and "G_ema" not in nets:
         raise NetworkPickleError(f"{source}: holds no 'G' or 'G_ema' (keys: {sorted(map(str, data))})")
