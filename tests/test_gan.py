@@ -1,6 +1,5 @@
 """StyleGAN2-ADA training: loss terms against independent computations, phases, EMA, resume, NaN, bad input."""
 
-import json
 
 import pytest
 import torch

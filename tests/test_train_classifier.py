@@ -86,7 +86,7 @@ def test_smoke_profile_reaches_95_percent_on_toytissue(smoke_run):
     assert f.class_names[0] == "ADI" and f.n_classes == 9
     epochs = [r for r in read_jsonl(run_dir / "log.jsonl") if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == list(range(config.epochs))
-    assert metrics["best_epoch"] == 1 + max(range(len(epochs)), key=lambda i: (epochs[i]["val_accuracy"], -i))
+    assert metrics["best_epoch"] == 1 + max(range(len(epochs)), key=lambda i: (epochs[i]["val_accuracy"], i))
     assert json.loads((run_dir / "metrics.json").read_text()) == metrics
 
 
@@ -113,3 +113,31 @@ def test_interrupted_run_resumes_to_the_same_result(smoke_run, tmp_path, monkeyp
     a = torch.load(run_dir / "f.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "f.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_learning_rate_schedules():
+    constant = C.ClassifierConfig(data="d.yaml", lr=0.01)
+    cosine = C.ClassifierConfig(data="d.yaml", lr=0.01, lr_schedule="cosine")
+    assert C.learning_rate(constant, 7, 10) == 0.01
+    assert C.learning_rate(cosine, 0, 10) == pytest.approx(0.01)
+    assert C.learning_rate(cosine, 5, 10) == pytest.approx(0.005)
+    assert C.learning_rate(cosine, 10, 10) == pytest.approx(0.0)
+
+
+def test_random_dihedral_keeps_each_image_up_to_a_symmetry():
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
+    y = C.random_dihedral(x)
+    for a, b in zip(x, y):
+        variants = [torch.rot90(a, k, dims=(1, 2)) for k in range(4)]
+        variants += [v.flip(1) for v in variants]
+        assert any(torch.equal(b, v) for v in variants)
+
+
+def test_recalibrated_batchnorm_holds_exact_statistics():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    data = torch.utils.data.TensorDataset(torch.randn(10, 3, 2, 2), torch.zeros(10))
+    C.recalibrate_batchnorm(net, data, batch_size=5, device=torch.device("cpu"))
+    with torch.no_grad():
+        h = net[0](data.tensors[0])
+    assert torch.allclose(net[1].running_mean, h.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert net[1].momentum == 0.1

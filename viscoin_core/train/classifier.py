@@ -16,6 +16,7 @@ an interrupted run resumes from the last finished epoch), best.pt, and at the en
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,8 @@ class ClassifierConfig:
     epochs: int = param(30, low=1)
     batch_size: int = param(32, low=1)
     lr: float = param(1e-4, low=0, low_open=True)
+    lr_schedule: str = param("constant", choices=("constant", "cosine"),
+                             help="constant (the study) or cosine decay to 0 over the run (short runs)")
     weight_decay: float = param(0.0, low=0)
     class_weights: bool = param(False, help="cross entropy weighted by normalised inverse class frequency (the study on NCT)")
     augment: bool = param(True, help="random pad-crop and horizontal flip of training images")
@@ -114,6 +117,13 @@ def evaluate(f: torch.nn.Module, dataset, batch_size: int, device: torch.device,
         n += y.shape[0]
     f.train(was_training)
     return {"loss": loss_sum / max(n, 1), "accuracy": 100.0 * correct / max(n, 1), "n": n}
+
+
+def learning_rate(config: ClassifierConfig, step: int, total_steps: int) -> float:
+    """lr at `step` (0-based) of `total_steps`: constant, or cosine from lr down to 0."""
+    if config.lr_schedule == "constant":
+        return config.lr
+    return config.lr * 0.5 * (1 + math.cos(math.pi * min(step / max(total_steps, 1), 1.0)))
 
 
 def random_dihedral(x: torch.Tensor) -> torch.Tensor:
@@ -210,6 +220,8 @@ def train_classifier(config: ClassifierConfig, run_dir: str | Path) -> dict:
             if config.rotate90:
                 x = random_dihedral(x)
             x, y = x.to(device), y.to(device)
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(config, step, config.epochs * steps_per_epoch)
             logits = f(x)
             loss = F.cross_entropy(logits, y, weight=weight)
             check_finite({"cross_entropy": loss}, step)
@@ -228,7 +240,7 @@ def train_classifier(config: ClassifierConfig, run_dir: str | Path) -> dict:
         record = {"kind": "epoch", "epoch": epoch, "step": step, "train_loss": loss_sum / n,
                   "train_accuracy": 100.0 * correct / n, "val_loss": val["loss"], "val_accuracy": val["accuracy"],
                   "seconds": time.time() - started}
-        if val["accuracy"] > best["val_accuracy"]:
+        if val["accuracy"] >= best["val_accuracy"]:     # ties go to the later, longer-trained epoch
             best = {"val_accuracy": val["accuracy"], "epoch": epoch}
             save_classifier(f, run_dir / "best.pt")
         record["best_epoch"] = best["epoch"]

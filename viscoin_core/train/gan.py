@@ -55,7 +55,7 @@ from viscoin_core.nets import stylegan2
 from viscoin_core.train import augment as ada
 from viscoin_core.train.loop import (NonFiniteLoss, append_jsonl, check_finite, load_checkpoint, pick_device,
                                      prepare_run_dir, read_jsonl, read_metrics, save_atomic, seed_everything,
-                                     truncate_log, write_json_atomic, write_metrics)
+                                     truncate_log, write_metrics)
 
 AUGMENT_MODES = ("ada", "fixed", "none")
 ARCHS = ("small", "paper256")
@@ -538,7 +538,9 @@ def fid_snapshot(G_ema, dataset, config: GanConfig, device: torch.device, classi
     """FID/KID of G_ema's samples against training images, with the configured features."""
     from viscoin_core.eval.metrics import fid_kid
     n = min(config.fid_images, len(dataset))
-    real = torch.utils.data.Subset(dataset, list(range(n)))
+    # A fixed random subset: cached splits are sorted by class, so the first n would miss classes.
+    chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.seed))[:n]
+    real = torch.utils.data.Subset(dataset, sorted(chosen.tolist()))
     result = fid_kid(real, sample_images(G_ema, n, config.seed + 12345, device), features=config.fid_features,
                      classifier=classifier, device=device, max_images=n, cache_path=cache_path,
                      kid_subset_size=min(1000, n))
