@@ -535,16 +535,29 @@ def sample_images(G, n: int, seed: int, device: torch.device, batch: int = 64, n
 
 
 def fid_snapshot(G_ema, dataset, config: GanConfig, device: torch.device, classifier, cache_path: Path) -> dict:
-    """FID/KID of G_ema's samples against training images, with the configured features."""
-    from viscoin_core.eval.metrics import fid_kid
+    """FID/KID of G_ema's samples against a fixed random subset of the training images.
+
+    The real set's features are computed once per run and kept in `cache_path` (the run directory
+    holds one feature extractor for its whole life, so the file needs no further key).
+    """
+    from viscoin_core.eval import metrics as M
     n = min(config.fid_images, len(dataset))
-    # A fixed random subset: cached splits are sorted by class, so the first n would miss classes.
-    chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.seed))[:n]
-    real = torch.utils.data.Subset(dataset, sorted(chosen.tolist()))
-    result = fid_kid(real, sample_images(G_ema, n, config.seed + 12345, device), features=config.fid_features,
-                     classifier=classifier, device=device, max_images=n, cache_path=cache_path,
-                     kid_subset_size=min(1000, n))
-    return {k: result[k] for k in ("fid", "kid", "kid_std", "fid_features")}
+    extractor = (M.inception_extractor(device) if config.fid_features == "inception"
+                 else M.classifier_extractor(classifier, device))
+    real_feats = torch.load(cache_path, weights_only=True) if cache_path.exists() else None
+    if real_feats is None or len(real_feats) != n:
+        # A fixed random subset: cached splits are sorted by class, so the first n would miss classes.
+        chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.seed))[:n]
+        real = torch.utils.data.Subset(dataset, sorted(chosen.tolist()))
+        with torch.no_grad():
+            real_feats = M.extract_features(real, extractor, n, 64, desc="real features")
+        save_atomic(real_feats, cache_path)
+    with torch.no_grad():
+        fake_feats = M.extract_features(sample_images(G_ema, n, config.seed + 12345, device), extractor, n, 64,
+                                        desc="fake features")
+    kid, kid_std = M.kid_from_features(real_feats, fake_feats, 100, min(1000, n), seed=config.seed)
+    return {"fid": M.fid_from_features(real_feats, fake_feats), "kid": kid, "kid_std": kid_std,
+            "fid_features": config.fid_features}
 
 
 def save_grid(G_ema, config: GanConfig, device: torch.device, path: Path) -> None:
@@ -632,7 +645,7 @@ def train_gan(config: GanConfig, run_dir: str | Path, stop_at_kimg: float | None
         classifier = load_classifier(ensure_classifier(config.fid_classifier), map_location=device)
     reals_of = reals_reader(dataset)
     total_steps = max(1, math.ceil(config.kimg * 1000 / config.batch))
-    snapshot_steps = max(1, round(config.snapshot_kimg * 1000 / config.batch))
+    snapshot_steps = max(1, math.ceil(config.snapshot_kimg * 1000 / config.batch))
     fid_cache = run_dir / "fid_real_features.pt"
     if rank == 0 and not (run_dir / "reals.png").exists():
         from viscoin_core.viz.training import save_image_grid
