@@ -441,7 +441,8 @@ def figures_for_run(run_dir: str | Path, out_dir: str | Path, n_classes_shown: i
     r_kc = class_relevance(r, cp.predicted, len(names))
     figs = {"relevance_heatmap": relevance_heatmap(r_kc, names, out=out_dir / "relevance_heatmap")}
     counts = torch.bincount(cp.predicted, minlength=len(names))
-    for c in counts.argsort(descending=True)[:n_classes_shown].tolist():
+    shown = [c for c in counts.argsort(descending=True).tolist() if counts[c] > 0][:n_classes_shown]
+    for c in shown:    # r_{k,c} is defined only for classes g predicts
         concepts = select_concepts(r_kc[c], threshold) or select_concepts(r_kc[c], top_k=top_k)
         concepts = concepts[:top_k]
         rows = best_images_of_class(cp.predicted, cp.labels, c, n_images)
