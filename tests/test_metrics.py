@@ -100,7 +100,8 @@ def test_fid_and_kid_agree_with_torchmetrics():
     fid.update(b, real=False)
     assert metrics.fid_from_features(a, b) == pytest.approx(fid.compute().item(), rel=1e-6)
     # With a subset as large as both sets, KID has no sampling noise left: one number to compare.
-    kid = KernelInceptionDistance(feature=_Passthrough(d), subsets=1, subset_size=150)
+    with pytest.warns(UserWarning, match="save all extracted features"):
+        kid = KernelInceptionDistance(feature=_Passthrough(d), subsets=1, subset_size=150)
     kid.update(a[:150], real=True)
     kid.update(b, real=False)
     ours, std = metrics.kid_from_features(a[:150], b, subsets=1, subset_size=150)

@@ -338,8 +338,7 @@ def relevance_heatmap(r_kc: torch.Tensor, class_names: Sequence[str] | None = No
     data = np.ma.masked_invalid(r[:, order].numpy())
     fig, axes = _new_figure(1, 1, (min(14, 2 + 0.18 * len(order)), min(12, 1.5 + 0.25 * C)))
     ax = axes[0, 0]
-    cmap = matplotlib.colormaps["RdBu_r"].copy()
-    cmap.set_bad("0.75")
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.75")
     im = ax.imshow(data, cmap=cmap, vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
     ax.set_yticks(range(C))
     ax.set_yticklabels(class_names if class_names is not None else range(C), fontsize=7)
