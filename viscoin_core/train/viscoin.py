@@ -92,7 +92,7 @@ class ViscoinConfig:
     log_every: int = param(50, low=1, help="iterations between train log records")
     eval_every: int = param(2000, low=1, help="iterations between cheap evaluations on the test subset")
     eval_subset: int = param(256, low=1, help="test images in the cheap evaluation")
-    final_eval_images: int = param(0, low=0, help="test images of the final evaluation (0: all)")
+    final_eval_images: int = param(0, low=0, help="test images of the final evaluation (0: all; else a seeded random subset)")
     checkpoint_every: int = param(1000, low=1, help="iterations between checkpoints")
     lpips_backbone: str = param("vgg", choices=("vgg", "random"), help="'random' needs no download (not comparable)")
     fid_features: str = param("inception", choices=("inception", "classifier"), help="FID/KID features of the final evaluation")
@@ -291,7 +291,7 @@ class Trainer:
         self.psi, self.theta, self.omega = self.parts["psi"], self.parts["theta"], self.parts["omega"]
         self.psi.to(memory_format=fmt)
         params = [p for m in self.parts.values() for p in m.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=True if self.cuda else None)
+        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=True)   # one kernel per step, CPU or CUDA
         self.amp = cfg.amp == "bf16" or (cfg.amp == "auto" and self.cuda)
         self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if self.amp
                          else contextlib.nullcontext())
@@ -514,7 +514,9 @@ def train_viscoin(config: ViscoinConfig | Mapping[str, Any] | str | Path, run_di
 
     loop.save_atomic(_model_record(cfg, trainer, train_set.class_names), run_dir / FINAL)
     n_final = len(test_set) if cfg.final_eval_images == 0 else min(cfg.final_eval_images, len(test_set))
-    result = evaluate_images(trainer, test_set, list(range(n_final)), eval_batch, features=cfg.fid_features,
+    # a seeded random subset (the split may be ordered by class); all of it when final_eval_images is 0
+    final_idx = _eval_indices(len(test_set), n_final, cfg.seed)
+    result = evaluate_images(trainer, test_set, final_idx, eval_batch, features=cfg.fid_features,
                              desc="final evaluation")
     loop.append_jsonl(log_path, {"iteration": cfg.iterations, "split": "test", **result})
     metrics = {k: result[k] for k in ("f_accuracy", "g_accuracy", "fidelity", "mse", "lpips")}
