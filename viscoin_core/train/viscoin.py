@@ -19,6 +19,10 @@ Resuming is exact on CPU: the batch of iteration i is a pure function of (seed, 
 permutations seeded by epoch, each sample's augmentation seeded by its position in the stream), z
 is drawn from a generator seeded by (seed, i), and the checkpoint restores models, optimiser, the
 iteration and every global RNG state. The learning rate is a pure function of the iteration.
+
+Speed: channels_last convolution nets, LPIPS computed once per step, reconstructions through G's
+unfused modulated convolutions (gradients reach ws only), fused Adam; on CUDA bf16 autocast
+(`amp: auto`) and optional `compile`. On CPU the step runs in float32 unless `amp: bf16`.
 """
 
 from __future__ import annotations
