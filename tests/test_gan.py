@@ -201,3 +201,35 @@ def test_start_network_of_other_resolution_is_rejected(tmp_path):
     stylegan2.save_generator(G16, tmp_path / "G16.pt")
     G1, D1, E1 = gan.start_networks(tiny_config(start=str(tmp_path / "G16.pt")), RES)
     assert not changed(params_of(G16), params_of(G1)) and D1.img_resolution == RES
+
+
+class ColourStats(torch.nn.Module):
+    """A stand-in feature extractor for FID: per-channel mean and std of each image."""
+
+    def penultimate(self, x):
+        return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)
+
+
+class Replay:
+    """A 'generator' that hands out the training images in order: a perfect G for FID purposes."""
+    z_dim, c_dim = 4, 0
+
+    def __init__(self, images):
+        self.images, self.at = images, 0
+
+    def __call__(self, z, c, noise_mode="const"):
+        out = self.images[self.at:self.at + len(z)]
+        self.at += len(z)
+        return out
+
+
+def test_fid_snapshot_is_zero_for_the_training_images_and_caches_real_features(tmp_path):
+    data = TinyImages(n=16)
+    config = tiny_config(fid_images=16, fid_classifier="unused")
+    cache = tmp_path / "real.pt"
+    perfect = gan.fid_snapshot(Replay(data.x), data, config, torch.device("cpu"), ColourStats(), cache)
+    assert cache.exists() and perfect["fid"] == pytest.approx(0.0, abs=1e-6)
+    assert perfect["fid_features"] == "classifier"
+    G = tiny_state(config).G_ema
+    untrained = gan.fid_snapshot(G, data, config, torch.device("cpu"), ColourStats(), cache)
+    assert untrained["fid"] > 0.1 and untrained["kid"] > 0
