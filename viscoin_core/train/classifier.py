@@ -233,7 +233,7 @@ def train_classifier(config: ClassifierConfig, run_dir: str | Path) -> dict:
             n += y.shape[0]
             step += 1
             if step % config.log_every == 0:
-                append_jsonl(log_path, {"kind": "step", "epoch": epoch, "step": step, "loss": float(loss)})
+                append_jsonl(log_path, {"kind": "step", "epoch": epoch, "step": step, "loss": float(loss.detach())})
         if config.recalibrate_bn:
             recalibrate_batchnorm(f, Subset(train_plain, train_idx), config.eval_batch_size, device)
         val = evaluate(f, val_part, config.eval_batch_size, device, weight, desc="validation")
