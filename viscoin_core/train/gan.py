@@ -653,8 +653,11 @@ def train_gan(config: GanConfig, run_dir: str | Path, stop_at_kimg: float | None
         save_image_grid(reals_of(torch.arange(n), torch.zeros(n, dtype=torch.bool)), run_dir / "reals.png",
                         cols=config.grid_size)
 
+    snapshot_seconds = [0.0]
+
     def snapshot() -> None:
         """Checkpoint, sample grid and FID/KID at the current step (rank 0 writes)."""
+        began = time.time()
         if rank == 0:
             kimg = state.nimg / 1000
             entry = {"step": state.step, "kimg": kimg, "event": "snapshot", "augment_p": state.p}
@@ -665,10 +668,12 @@ def train_gan(config: GanConfig, run_dir: str | Path, stop_at_kimg: float | None
             append_jsonl(log_path, entry)
         if n_proc > 1:
             dist.barrier()
+        snapshot_seconds[0] += time.time() - began
 
     if record is None:
         snapshot()                                    # kimg 0: the start network's FID
     started, start_step = time.time(), state.step
+    snapshot_seconds[0] = 0.0
     bar = tqdm(total=total_steps, initial=state.step, desc="G/D steps", disable=rank != 0)
     try:
         while state.step < total_steps:
@@ -690,7 +695,7 @@ def train_gan(config: GanConfig, run_dir: str | Path, stop_at_kimg: float | None
     finally:
         bar.close()
 
-    seconds = time.time() - started
+    seconds = time.time() - started - snapshot_seconds[0]       # training only: snapshots excluded
     metrics = {}
     if rank == 0:
         stylegan2.save_generator(G_ema, run_dir / "G.pt")
