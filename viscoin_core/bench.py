@@ -218,7 +218,8 @@ def bench_viscoin(args) -> None:
         f="random", G="random", cache_dir="unused", device=str(device), f_arch="resnet50" if paper else "resnet18",
         n_concepts=256 if paper else 16, latent_channels=512 if paper else 32,
         coarse_layer=3 if paper else 2, mid_layer=12 if paper else 5, batch_real=8 if paper else 4,
-        batch_fake=8 if paper else 4, compile=bool(getattr(args, "compile", False))))
+        batch_fake=8 if paper else 4, compile=bool(getattr(args, "compile", False)),
+        amp=getattr(args, "amp", "auto")))
     f = build_f(cfg, n_classes)
     G = random_generator(paper256_kwargs()[0] if paper else _random_generator_kwargs(cfg, resolution), cfg.seed)
     trainer = Trainer(cfg, f, G, build_parts(cfg, f, G, n_classes), build_lpips("random"), device)
@@ -352,6 +353,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", default="smoke", choices=["smoke", "paper"])
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", default="auto", choices=["auto", "off", "bf16"],
+                        help="viscoin: autocast (auto: bf16 on CUDA, float32 on CPU; bf16: also on CPU)")
     args = parser.parse_args(argv)
     module_name, func_name = BENCHMARKS[args.name].split(":")
     module = __import__(module_name, fromlist=[func_name])
