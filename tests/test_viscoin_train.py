@@ -176,3 +176,24 @@ def test_bf16_autocast_path_runs(cache_dir):
     terms = tr.step(torch.rand(1, 3, 32, 32) * 2 - 1, V.synthetic_z(tr.cfg, 0, tr.G.z_dim), 0)
     assert all(torch.isfinite(torch.tensor(v)) for v in terms.values())
     assert all(p.dtype == torch.float32 for p in tr.psi.parameters())
+
+
+def test_f_and_G_from_files(cache_dir, tmp_path):
+    from viscoin_core.nets.stylegan2 import save_generator
+    cfg = tiny(cache_dir)
+    f = V.build_f(cfg, 12)
+    (tmp_path / "f").mkdir()
+    save_classifier(f, tmp_path / "f" / "f.pt")   # a run directory holding f.pt
+    G = V.build_G(cfg, 32)
+    save_generator(G, tmp_path / "G.pt")
+    params = dict(f=str(tmp_path / "f"), G=str(tmp_path / "G.pt"), iterations=1, final_eval_images=2)
+    V.train_viscoin(tiny(cache_dir, **params), tmp_path / "run")
+    system = V.load_viscoin(tmp_path / "run")
+    for k, v in f.state_dict().items():
+        assert torch.equal(system["f"].state_dict()[k], v), k
+    assert torch.equal(system["omega"].w_bar, G.mapping.w_avg)
+
+    from viscoin_core.nets.stylegan2 import Generator
+    save_generator(V.freeze(Generator(**V._random_generator_kwargs(cfg, 64))), tmp_path / "G64.pt")
+    with pytest.raises(ConfigError, match=r"'G'.*64 px.*32 px"):
+        V.train_viscoin(tiny(cache_dir, G=str(tmp_path / "G64.pt")), tmp_path / "run64")

@@ -234,11 +234,9 @@ def build_f(cfg: ViscoinConfig, n_classes: int) -> nn.Module:
 
 def load_generator_file(path: str) -> nn.Module:
     """G from a native G.pt (file or run directory) or an official network pickle (its G_ema)."""
-    from viscoin_core.nets import stylegan2
+    from viscoin_core.nets.stylegan2 import load_generator
     path = _resolve(path)
-    if path.suffix == ".pkl":
-        return freeze(stylegan2.load_network_pkl(path)["G_ema"])
-    return freeze(stylegan2.load_generator(path / "G.pt" if path.is_dir() else path))
+    return freeze(load_generator(path / "G.pt" if path.is_dir() else path))
 
 
 def build_G(cfg: ViscoinConfig, resolution: int) -> nn.Module:
