@@ -19,11 +19,13 @@ larger than `batch_gpu` are processed in rounds with gradients accumulated (the 
 `batch_gpu`). Gradients are averaged across processes with an all-reduce after each phase
 (`torchrun --nproc_per_node=N -m viscoin_core.train.gan ...`; gloo on CPU, NCCL on GPU).
 
-Two small deviations keep that exactness (both documented in docs/DISCREPANCIES.md): the running
-path-length mean and G's w_avg are updated once per phase from the whole global batch (the original
-updates them per GPU and per round), and the path-length penalty uses the mean from before the
-phase (the original folds the current batch in first; with decay 0.01 the difference is tiny).
-Geometric augmentation uses bilinear resampling (see `train.augment`).
+Deviations from the original, all small: the running path-length mean and G's w_avg are updated
+once per phase from the whole global batch (the original: per GPU and per round), and the
+path-length penalty uses the mean from before the phase (the original folds the current batch in
+first; decay 0.01); the style-mixing crossover is drawn per image (the original: one per GPU batch);
+gradients are averaged over rounds (the original sums them, which Adam nearly ignores); geometric
+augmentation resamples bilinearly (see `train.augment`); FID/KID compare min(fid_images, N_train)
+generated images with as many training images (the original's fid50k_full: 50k against all).
 
 Run directory: config.json, log.jsonl (one record per logged step and per snapshot), checkpoint.pt
 (latest snapshot: G, D, G_ema, optimisers, ADA state), samples_kimgXXXX.png grids, reals.png,
