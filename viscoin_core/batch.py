@@ -323,8 +323,11 @@ def table_note(profile: str, command: str) -> str:
 
 
 def run_table(table: str, profile: str, seeds: int | None = None, force: bool = False,
-              executor_kind: str = "local", root: Path | None = None, executor=None) -> tuple[Path, dict]:
-    """Plan, execute and tabulate one table; returns the markdown path and each run's status."""
+              root: Path | None = None, executor=None) -> tuple[Path, dict]:
+    """Plan, execute (in this process, or through a submitit `executor`) and tabulate one table.
+
+    Returns the markdown path and each run's status.
+    """
     root = root or repo_root()
     tables = load_tables(root / "params" / "tables.yaml")
     command = f"python -m viscoin_core.batch {table} --profile {profile}" + (f" --seeds {seeds}" if seeds else "")
@@ -334,8 +337,6 @@ def run_table(table: str, profile: str, seeds: int | None = None, force: bool = 
         return write_table(df, out_dir, "table8", "Table 8: the experiments and their settings",
                            table_note(profile, command)), {}
     runs = plan(table, profile, seeds, tables, root)
-    if executor is None:
-        executor = make_executor(executor_kind, root / "runs" / profile / "slurm")
     status = run_all(runs, force=force, executor=executor)
     df = build_table(table, profile, runs, status, tables)
     return write_table(df, out_dir, table, tables[table]["title"], table_note(profile, command)), status
@@ -365,14 +366,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=None, help="seeds per row (default: the row's, else 1)")
     parser.add_argument("--force", action="store_true", help="rerun rows that already have metrics.json")
     parser.add_argument("--executor", default="local", choices=["local", "slurm"])
+    parser.add_argument("--slurm-partition", default=None, help="slurm: partition to submit to")
+    parser.add_argument("--slurm-gpus", type=int, default=1, help="slurm: GPUs per row")
+    parser.add_argument("--slurm-hours", type=float, default=48.0, help="slurm: time limit per row")
     args = parser.parse_args(argv)
+    slurm = {"gpus_per_node": args.slurm_gpus, "timeout_min": int(args.slurm_hours * 60), "cpus_per_task": 8}
+    if args.slurm_partition:
+        slurm["slurm_partition"] = args.slurm_partition
     if args.table == "figures":
         print(f"figures: {run_figures(args.profile)}")
         return 0
     names = [*NUMBERED_TABLES, "table8"] if args.table == "all" else [args.table]
     failed = []
     for name in names:
-        path, status = run_table(name, args.profile, args.seeds, args.force, args.executor)
+        executor = make_executor(args.executor, repo_root() / "runs" / args.profile / "slurm", **slurm)
+        path, status = run_table(name, args.profile, args.seeds, args.force, executor=executor)
         failed += [f"{name}: {r.label} seed {r.seed}: {s}" for r, s in status.items() if s.startswith("failed")]
         print(f"{name}: {path}")
     if failed:
