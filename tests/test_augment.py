@@ -8,6 +8,16 @@ import torch
 from viscoin_core.train import augment as A
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny networks on a shared 2-core machine: a second intra-op thread mostly spins and waits
+    # (this file ran 5x slower with two threads under load). Tests only; the library never sets it.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _image(b=2, c=3, h=8, w=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(b, c, h, w, generator=g) * 2 - 1

@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from viscoin_core.train import gan
-from test_gan import TinyImages, tiny_config, tiny_state, changed
+from test_gan import TinyImages, _one_thread, changed, tiny_config, tiny_state  # noqa: F401 (fixture)
 
 STEPS = 2
 
