@@ -355,7 +355,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", default="auto", choices=["auto", "off", "bf16"],
                         help="viscoin: autocast (auto: bf16 on CUDA, float32 on CPU; bf16: also on CPU)")
+    parser.add_argument("--allocator", default="keep", choices=["keep", "default"],
+                        help="CPU: 'keep' freed memory for reuse, as training does (see loop.keep_freed_memory)")
     args = parser.parse_args(argv)
+    from viscoin_core.train.loop import keep_freed_memory, pick_device
+    if pick_device(args.device).type == "cpu" and args.allocator == "keep":
+        keep_freed_memory()
     module_name, func_name = BENCHMARKS[args.name].split(":")
     module = __import__(module_name, fromlist=[func_name])
     getattr(module, func_name)(args)
