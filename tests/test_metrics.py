@@ -195,3 +195,15 @@ def test_lpips_vgg_offline_error_names_file_and_setting(monkeypatch, tmp_path):
     with pytest.raises(metrics.WeightsUnavailable, match="lpips_backbone: random") as err:
         metrics.build_lpips("vgg")
     assert metrics.VGG16_WEIGHTS in str(err.value)
+
+
+def test_classifier_fingerprint_reads_a_resnet_and_follows_its_weights():
+    # BatchNorm's num_batches_tracked is a 0-dim tensor: the hash must still read it.
+    from viscoin_core.eval.metrics import _classifier_fingerprint
+    from viscoin_core.nets.classifier import build_classifier
+    f = build_classifier("resnet18", n_classes=3)
+    before = _classifier_fingerprint(f)
+    assert before == _classifier_fingerprint(f)
+    with torch.no_grad():
+        f.fc.weight.add_(1.0)
+    assert _classifier_fingerprint(f) != before

@@ -290,7 +290,7 @@ def _classifier_fingerprint(classifier: nn.Module | None) -> str:
     h = hashlib.sha1()
     for name, t in sorted(classifier.state_dict().items()):
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
                  if t.numel() else b"")
     return h.hexdigest()[:16]
 
