@@ -8,14 +8,7 @@ import torch
 from viscoin_core.train import augment as A
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny networks on a shared 2-core machine: a second intra-op thread mostly spins and waits
-    # (this file ran 5x slower with two threads under load). Tests only; the library never sets it.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _image(b=2, c=3, h=8, w=8, seed=0):

@@ -3,12 +3,15 @@
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from viscoin_core.train import gan
-from test_gan import TinyImages, _one_thread, changed, tiny_config, tiny_state  # noqa: F401 (fixture)
+from test_gan import TinyImages, changed, tiny_config, tiny_state
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 STEPS = 2
 
