@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from viscoin_core.eval.concepts import system_from_parts
 from viscoin_core.nets.classifier import build_classifier
 from viscoin_core.nets.stylegan2 import Generator, small_generator_kwargs
 from viscoin_core.nets.viscoin import ConceptExtractor, ConceptTranslator, Explainer
@@ -20,7 +21,7 @@ def system():
     G = Generator(**small_generator_kwargs(resolution=32)).eval()
     psi = ConceptExtractor(8, f.tap_channels, latent_channels=16).eval()
     omega = ConceptTranslator(8, G.num_ws, G.w_dim, coarse_layer=1, mid_layer=4, w_avg=G.mapping.w_avg).eval()
-    return {"f": f, "G": G, "psi": psi, "theta": Explainer(8, 3).eval(), "omega": omega}
+    return system_from_parts({"f": f, "G": G, "psi": psi, "theta": Explainer(8, 3).eval(), "omega": omega})
 
 
 @pytest.fixture(scope="module")

@@ -16,37 +16,34 @@ import numpy as np
 import torch
 from PIL import Image
 
-from viscoin_core.nets.viscoin import concepts, reconstruct
+from viscoin_core.eval.concepts import System, concept_contributions
 
 
 @torch.no_grad()
-def regenerate(system: dict, x: torch.Tensor, scales: dict[int, float]) -> dict[str, torch.Tensor]:
+def regenerate(system: System, x: torch.Tensor, scales: dict[int, float]) -> dict[str, torch.Tensor]:
     """Reconstruct x (1, 3, H, W) in [-1, 1] with phi_k multiplied by scales[k] (0 switches k off).
 
     Returns `x_rec` (plain reconstruction), `x_edit` (with the scaled concepts), `diff` (mean absolute
     difference per pixel, (H, W), in [0, 2]) and `probs` (C,): g's class probabilities on x_edit,
     i.e. what the interpretable network makes of the regenerated image.
     """
-    f, psi, theta, omega, G = (system[k] for k in ("f", "psi", "theta", "omega", "G"))
-    phi, phi_prime = concepts(f, psi, x)                         # (1, K, 3, 3), (1, 9K)
-    x_rec = reconstruct(G, omega, phi, phi_prime).clamp(-1, 1)
+    phi, phi_prime = system.concepts(x)                          # (1, K, 3, 3), (1, 9K)
+    x_rec = system.reconstruct(phi, phi_prime).clamp(-1, 1)
     gain = torch.ones(phi.shape[1], device=phi.device)
     for k, s in scales.items():
         gain[k] = s
-    x_edit = reconstruct(G, omega, phi * gain[None, :, None, None], phi_prime).clamp(-1, 1)
-    phi_edit, _ = concepts(f, psi, x_edit)
-    probs = theta(phi_edit).softmax(dim=1)[0]
+    x_edit = system.reconstruct(phi * gain[None, :, None, None], phi_prime).clamp(-1, 1)
+    probs = system.g_logits(x_edit).softmax(dim=1)[0]
     return {"x_rec": x_rec, "x_edit": x_edit, "diff": (x_edit - x_rec).abs().mean(dim=1)[0], "probs": probs}
 
 
 @torch.no_grad()
-def top_concepts(system: dict, x: torch.Tensor, n: int) -> tuple[int, list[int]]:
+def top_concepts(system: System, x: torch.Tensor, n: int) -> tuple[int, list[int]]:
     """(predicted class c^, the n concepts with the largest contribution alpha_k = maxpool(phi_k) W[c^, k])."""
-    phi, _ = concepts(system["f"], system["psi"], x)
-    theta = system["theta"]
-    predicted = int(theta(phi).argmax(dim=1))
-    alpha = theta.pool(phi)[0] * theta.linear.weight[predicted]  # (K,)
-    return predicted, alpha.argsort(descending=True)[:n].tolist()
+    phi, _ = system.concepts(x)
+    predicted = system.theta(phi).argmax(dim=1)
+    alpha = concept_contributions(phi, system.theta, predicted)[0]   # (K,)
+    return int(predicted), alpha.argsort(descending=True)[:n].tolist()
 
 
 def to_png(image: torch.Tensor, size: int = 160) -> bytes:
@@ -73,16 +70,16 @@ def probability_bars(probs: torch.Tensor, class_names: list[str], top: int = 5) 
     return "".join(rows)
 
 
-def concept_explorer(system: dict, dataset, n_concepts: int = 6, max_lambda: float = 4.0, size: int = 160):
+def concept_explorer(system: System, dataset, n_concepts: int = 6, max_lambda: float = 4.0, size: int = 160):
     """An ipywidgets explorer over `dataset` (items (image in [-1, 1], label)) for a trained system.
 
-    `system` holds f, G, psi, theta, omega (as `load_viscoin` returns them). The returned VBox has
+    `system` is an `eval.concepts.System` (`load_system_and_test_split` gives one). The returned VBox has
     `picker`, `sliders` and `toggles` (dicts concept -> widget) and `state` (index, predicted class,
     concepts, scales, and the tensors `regenerate` returned), updated on every change.
     """
     import ipywidgets as w
 
-    class_names = list(getattr(dataset, "class_names", [])) or [str(c) for c in range(system["theta"].linear.out_features)]
+    class_names = list(getattr(dataset, "class_names", [])) or [str(c) for c in range(system.theta.linear.out_features)]
     picker = w.BoundedIntText(value=0, min=0, max=len(dataset) - 1, description="image")
     original, edited, difference = (w.Image(format="png", width=size, height=size) for _ in range(3))
     bars = w.HTML()
@@ -104,7 +101,7 @@ def concept_explorer(system: dict, dataset, n_concepts: int = 6, max_lambda: flo
         bars.value = probability_bars(out["probs"].cpu(), class_names)
 
     def pick(_=None):
-        x = dataset[picker.value][0][None].to(next(system["psi"].parameters()).device)
+        x = dataset[picker.value][0][None].to(next(system.theta.parameters()).device)
         predicted, chosen = top_concepts(system, x, n_concepts)
         box.state.update(index=picker.value, x=x, predicted=predicted, concepts=chosen)
         title.value = f"predicted: <b>{html.escape(class_names[predicted])}</b>; concepts {chosen}"
