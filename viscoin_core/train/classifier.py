@@ -15,7 +15,6 @@ an interrupted run resumes from the last finished epoch), best.pt, and at the en
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from tqdm.auto import tqdm
 
 from viscoin_core.config import ConfigError, load_config, param, repo_root
 from viscoin_core.nets.classifier import build_classifier, load_classifier, save_classifier
+from viscoin_core.train import loop
 from viscoin_core.train.loop import (append_jsonl, check_finite, load_checkpoint, pick_device, prepare_run_dir,
                                      read_metrics, rng_state, save_atomic, seed_everything, set_rng_state,
                                      truncate_log, write_metrics)
@@ -283,13 +283,8 @@ def ensure_classifier(source: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m viscoin_core.train.classifier", description=__doc__.split("\n")[0])
-    parser.add_argument("--params", required=True, help="YAML parameter file (params/<profile>/classifier*.yaml)")
-    parser.add_argument("--run-dir", required=True, help="run directory (created; resumed when it holds a checkpoint)")
-    parser.add_argument("--device", default=None, help="override the file's device")
-    args = parser.parse_args(argv)
-    overrides = {"device": args.device} if args.device else {}
-    config = load_config(ClassifierConfig, resolve_path(args.params), **overrides)
+    args = loop.stage_cli("classifier", __doc__).parse_args(argv)
+    config = loop.stage_config(ClassifierConfig, args)
     metrics = train_classifier(config, args.run_dir)
     print(f"test accuracy {metrics['test_accuracy']:.2f}% (best epoch {metrics['best_epoch']}) -> {args.run_dir}")
     return metrics

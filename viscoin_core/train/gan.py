@@ -37,7 +37,6 @@ and at the end G.pt (G_ema, `nets.stylegan2.save_generator`), D.pt and metrics.j
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import os
@@ -52,9 +51,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from viscoin_core.config import ConfigError, load_config, param, repo_root
+from viscoin_core.config import ConfigError, param, repo_root
 from viscoin_core.nets import stylegan2
 from viscoin_core.train import augment as ada
+from viscoin_core.train import loop
 from viscoin_core.train.loop import (NonFiniteLoss, append_jsonl, check_finite, load_checkpoint, pick_device,
                                      prepare_run_dir, read_jsonl, read_metrics, save_atomic, seed_everything,
                                      truncate_log, write_metrics)
@@ -726,14 +726,10 @@ def final_metrics(run_dir: Path, config: GanConfig, state: GanState, seconds: fl
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m viscoin_core.train.gan", description=__doc__.split("\n")[0])
-    parser.add_argument("--params", required=True, help="YAML parameter file (params/<profile>/gan*.yaml)")
-    parser.add_argument("--run-dir", required=True, help="run directory (created; resumed when it holds a checkpoint)")
-    parser.add_argument("--device", default=None, help="override the file's device")
+    parser = loop.stage_cli("gan", __doc__)
     parser.add_argument("--stop-at-kimg", type=float, default=None, help="stop after the snapshot at this kimg")
     args = parser.parse_args(argv)
-    overrides = {"device": args.device} if args.device else {}
-    config = load_config(GanConfig, resolve_path(args.params), **overrides)
+    config = loop.stage_config(GanConfig, args)
     metrics = train_gan(config, args.run_dir, stop_at_kimg=args.stop_at_kimg)
     if world()[0] == 0 and "fid" in metrics:
         print(f"FID {metrics['fid']:.2f} (start {metrics['fid_start']:.2f}, {metrics['fid_features']} features) "

@@ -8,6 +8,7 @@ they load with `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import json
 import math
@@ -19,7 +20,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
-from viscoin_core.config import ConfigError, describe_run
+from viscoin_core.config import ConfigError, describe_run, load_config, repo_root
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -196,3 +197,20 @@ def cycle(loader: Iterable) -> Iterable:
     """Endless iteration over a DataLoader, reshuffling each pass."""
     while True:
         yield from loader
+
+
+def stage_cli(stage: str, doc: str) -> argparse.ArgumentParser:
+    """The command line every training stage shares: --params FILE --run-dir DIR [--device D]."""
+    parser = argparse.ArgumentParser(prog=f"python -m viscoin_core.train.{stage}", description=doc.split("\n")[0])
+    parser.add_argument("--params", required=True, help=f"YAML parameter file (params/<profile>/{stage}*.yaml)")
+    parser.add_argument("--run-dir", required=True, help="run directory (created; resumed when it holds a checkpoint)")
+    parser.add_argument("--device", default=None, help="override the file's device")
+    return parser
+
+
+def stage_config(cls: type, args: argparse.Namespace) -> Any:
+    """The validated config named by `stage_cli`'s arguments (the file found from here or the repo root)."""
+    path = Path(args.params)
+    if not (path.is_absolute() or path.exists()):
+        path = repo_root() / path
+    return load_config(cls, path, **({"device": args.device} if args.device else {}))

@@ -27,7 +27,6 @@ unfused modulated convolutions (gradients reach ws only), fused Adam; on CUDA bf
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 import time
@@ -566,11 +565,8 @@ def load_viscoin(run_dir: str | Path, device: str | torch.device = "cpu") -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m viscoin_core.train.viscoin", description=__doc__.split("\n")[0])
-    parser.add_argument("--params", required=True, help="YAML parameter file (params/<profile>/viscoin*.yaml)")
-    parser.add_argument("--run-dir", required=True, help="run directory (resumed when it holds a checkpoint)")
-    args = parser.parse_args(argv)
-    metrics = train_viscoin(load_config(ViscoinConfig, args.params), args.run_dir)
+    args = loop.stage_cli("viscoin", __doc__).parse_args(argv)
+    metrics = train_viscoin(loop.stage_config(ViscoinConfig, args), args.run_dir)
     print({k: v for k, v in metrics.items()})
     return 0
 
