@@ -1,6 +1,7 @@
 """The table batch: validation before work, skip/resume, failures reported, mean ± std, published column."""
 
 import json
+import os
 from pathlib import Path
 
 import nbformat
@@ -11,9 +12,11 @@ from viscoin_core import batch
 from viscoin_core.config import ConfigError
 
 TOY_NOTEBOOK = [
-    ("parameters", 'x = 1.0\nfail = False\nrun_dir = "runs/toy"\nseed = 0'),
-    (None, "import json, os\nos.chdir('..')\nassert not fail, 'asked to fail'\n"
-           "os.makedirs(run_dir, exist_ok=True)\n"
+    ("parameters", 'x = 1.0\nfail = False\nreads = ""\nwait_s = 0.0\nrun_dir = "runs/toy"\nseed = 0'),
+    (None, "import json, os, time\nos.chdir('..')\nassert not fail, 'asked to fail'\n"
+           "assert not reads or os.path.exists('runs/smoke/toy/a/seed0/metrics.json'), 'ran before a'\n"
+           "time.sleep(wait_s)\nos.makedirs(run_dir, exist_ok=True)\n"
+           "open('runs/executed.txt', 'a').write(run_dir + '\\n')\n"
            "json.dump({'score': x * 2 + seed, 'fid_features': 'classifier'}, open(run_dir + '/metrics.json', 'w'))"),
 ]
 
@@ -43,7 +46,7 @@ def make_project(root: Path) -> Path:
 def test_notebook_parameters_are_read_from_the_tagged_cell(tmp_path):
     root = make_project(tmp_path)
     assert batch.notebook_parameters(root / "notebooks" / "toy.ipynb") == {
-        "x": 1.0, "fail": False, "run_dir": "runs/toy", "seed": 0}
+        "x": 1.0, "fail": False, "reads": "", "wait_s": 0.0, "run_dir": "runs/toy", "seed": 0}
 
 
 def test_unknown_key_fails_before_any_work_naming_key_and_file(tmp_path):
@@ -86,6 +89,48 @@ def test_slurm_executor_runs_through_submitit(tmp_path):
     status = batch.run_all(runs, executor=executor)
     assert list(status.values()) == ["done"]
     assert json.loads((runs[0].run_dir / "metrics.json").read_text())["score"] == 3.0
+
+
+def add_table(root: Path, name: str, rows: dict[str, str]) -> None:
+    tables = yaml.safe_load((root / "params" / "tables.yaml").read_text())
+    for stem, text in rows.items():
+        (root / "params" / "smoke" / f"{stem}.yaml").write_text(text)
+    tables[name] = {"title": name, "notebook": "toy", "stage": "toy", "published": "ref.t",
+                    "columns": {"score": {"published": None, "header": "score"}},
+                    "rows": [{"label": stem, "params": f"{stem}.yaml"} for stem in rows]}
+    (root / "params" / "tables.yaml").write_text(yaml.safe_dump(tables))
+
+
+def test_side_by_side_rows_wait_for_the_runs_they_read_and_shared_rows_run_once(tmp_path, monkeypatch):
+    root = make_project(tmp_path)
+    # c reads a's run (by its directory) and d reads it by its parameter file; a is slow, so either
+    # would fail if started beside it (the toy notebook checks a's metrics.json when `reads` is set). a is also in toytable: it must execute once, not twice.
+    (root / "params" / "smoke" / "a.yaml").write_text("x: 1.5\nwait_s: 1.5\n")
+    add_table(root, "chain", {"c": "x: 2.0\nreads: runs/smoke/toy/a/seed0\n",
+                              "d": "x: 3.0\nreads: params/smoke/a.yaml\n", "a": "x: 1.5\nwait_s: 1.5\n"})
+    monkeypatch.setattr(batch, "published_numbers", lambda: yaml.safe_load(
+        (root / "params" / "reference_numbers.yaml").read_text()))
+    c, d, a = batch.plan("chain", "smoke", root=root)
+    assert batch.depends_on(c, a) and not batch.depends_on(a, c) and not batch.depends_on(c, d)
+    assert batch.depends_on(d, a)   # d's `reads` names a's parameter file, the form an FID classifier takes
+    threads_before = os.environ.get("OMP_NUM_THREADS")
+    written = batch.run_tables(["toytable", "chain"], "smoke", root=root, jobs=2)
+    chain = {r.label: s for r, s in written["chain"][1].items()}
+    assert chain == {"c": "done", "d": "done", "a": "done"}
+    executed = (root / "runs" / "executed.txt").read_text().split()
+    assert executed.count("runs/smoke/toy/a/seed0") == 1 and len(executed) == len(set(executed)) == 4
+    assert executed.index("runs/smoke/toy/a/seed0") < executed.index("runs/smoke/toy/c/seed0")
+    toytable = {(r.label, r.seed): s for r, s in written["toytable"][1].items()}
+    assert toytable[("A", 0)] == toytable[("A", 1)] == "done" and toytable[("B", 0)].startswith("failed")
+    assert os.environ.get("OMP_NUM_THREADS") == threads_before   # the kernels' setting is not left behind
+
+
+def test_rows_that_read_each_other_are_failed_not_hung(tmp_path):
+    root = make_project(tmp_path)
+    add_table(root, "loop", {"p": "reads: runs/smoke/toy/q/seed0\n", "q": "reads: runs/smoke/toy/p/seed0\n"})
+    status = batch.run_all(batch.plan("loop", "smoke", root=root), jobs=2)
+    assert all("cycle" in s for s in status.values()) and len(status) == 2
+    assert not (root / "runs" / "executed.txt").exists()
 
 
 def test_row_beside_published_scales_ours_and_looks_up_theirs(tmp_path):

@@ -1,6 +1,7 @@
 """Rebuild a results table: its rows -> papermill runs -> results/<profile>/<table>.{md,csv}.
 
     python -m viscoin_core.batch table6 --profile demo [--seeds 3] [--force] [--executor local|slurm]
+    python -m viscoin_core.batch all --profile demo --jobs 2
     python -m viscoin_core.batch all --profile paper --executor slurm
 
 `params/tables.yaml` maps each table to its rows: the notebook that makes a row and the parameter
@@ -8,7 +9,8 @@ file (`params/<profile>/<file>`) it runs with. Each (row, seed) executes the not
 papermill into its run directory, `runs/<profile>/<stage>/<file stem>/seed<k>/`, keeping the
 executed notebook there. A run whose `metrics.json` exists is skipped unless `--force`, so an
 interrupted batch resumes; a failed row is reported at the end and marked in the table, never
-dropped. Table 8 lists every experiment's settings, generated from the parameter files.
+dropped. `all` plans every table first, so a row that several tables share runs once, and rows run
+side by side (`--jobs`, or Slurm) as soon as the runs they read are finished. Table 8 lists every experiment's settings, generated from the parameter files.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ import ast
 import importlib
 import json
 import math
+import os
 import sys
+import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -173,22 +178,82 @@ def make_executor(kind: str, folder: Path, cluster: str | None = None, **slurm: 
     return executor
 
 
-def run_all(runs: list[Run], force: bool = False, executor=None) -> dict[Run, str]:
-    """Execute every unfinished run; returns run -> 'done' | 'skipped' | 'failed: <reason>'."""
+def depends_on(run: Run, other: Run) -> bool:
+    """Whether `run` reads what `other` makes: one of its parameters names `other`'s run directory
+    (or a file in it), or `other`'s parameter file (an FID classifier is named by its file)."""
+    root = run.notebook.parents[1]
+    made = other.run_dir.resolve()
+    for value in run.params.values():
+        if isinstance(value, str) and value:
+            path = (root / value).resolve()
+            if path == made or made in path.parents or path == other.params_file.resolve():
+                return True
+    return False
+
+
+def run_all(runs: list[Run], force: bool = False, executor=None, jobs: int = 1) -> dict[Run, str]:
+    """Execute every unfinished run; returns run -> 'done' | 'skipped' | 'failed: <reason>'.
+
+    Runs that share a run directory (one row in several tables) execute once. With `jobs` > 1 (or a
+    submitit `executor`) independent runs execute side by side; a run waits for the runs it reads
+    (`depends_on`), so a G waits for the f whose features score it.
+    """
     status: dict[Run, str] = {}
+    first: dict[Path, Run] = {}
     pending = []
     for run in runs:
+        if run.run_dir in first:
+            continue
+        first[run.run_dir] = run
         if (run.run_dir / "metrics.json").exists() and not force:
             status[run] = "skipped"
         else:
             pending.append(run)
-    if executor is not None:
-        jobs = [(run, executor.submit(execute, run)) for run in pending]
-        for run, job in tqdm(jobs, desc="runs", unit="run"):
-            status[run] = _outcome(job.result, run)
-        return status
-    for run in tqdm(pending, desc="runs", unit="run"):
-        status[run] = _outcome(lambda run=run: execute(run), run)
+    if executor is None and jobs <= 1:
+        for run in tqdm(pending, desc="runs", unit="run"):
+            status[run] = _outcome(lambda run=run: execute(run), run)
+    else:
+        status.update(_run_side_by_side(pending, executor, jobs))
+    for run in runs:   # the copies of a shared row report what its one execution did
+        status.setdefault(run, status[first[run.run_dir]])
+    return status
+
+
+def _run_side_by_side(pending: list[Run], executor, jobs: int, poll_s: float = 0.5) -> dict[Run, str]:
+    status: dict[Run, str] = {}
+    pool = None
+    if executor is None:
+        pool = ThreadPoolExecutor(max_workers=jobs)
+        # Each papermill kernel inherits this: `jobs` kernels share the cores instead of each taking all.
+        threads = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    submit, limit = (executor.submit, len(pending)) if executor is not None else (pool.submit, jobs)
+    waiting, active = list(pending), {}
+    try:
+        with tqdm(total=len(pending), desc="runs", unit="run") as progress:
+            while waiting or active:
+                for run in list(waiting):
+                    unfinished = [other for other in (*waiting, *active) if other is not run]
+                    if len(active) < limit and not any(depends_on(run, other) for other in unfinished):
+                        waiting.remove(run)
+                        active[run] = submit(execute, run)
+                if not active:   # everything left waits on something else that is left: a cycle
+                    for run in waiting:
+                        status[run] = "failed: its inputs form a cycle with other rows of this batch"
+                    break
+                finished = [run for run, job in active.items() if job.done()]
+                for run in finished:
+                    status[run] = _outcome(active.pop(run).result, run)
+                    progress.update()
+                if not finished:
+                    time.sleep(poll_s)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+            if threads is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = threads
     return status
 
 
@@ -322,24 +387,37 @@ def table_note(profile: str, command: str) -> str:
             f"`fid_features` and `lpips_backbone` name the feature extractor and LPIPS network used.{standins}")
 
 
-def run_table(table: str, profile: str, seeds: int | None = None, force: bool = False,
-              root: Path | None = None, executor=None) -> tuple[Path, dict]:
-    """Plan, execute (in this process, or through a submitit `executor`) and tabulate one table.
+def run_tables(names: list[str], profile: str, seeds: int | None = None, force: bool = False,
+               root: Path | None = None, executor=None, jobs: int = 1) -> dict[str, tuple[Path, dict]]:
+    """Plan every named table, execute all their runs together (a row shared by several tables runs
+    once; independent rows side by side with `jobs` > 1 or a submitit `executor`), then tabulate.
 
-    Returns the markdown path and each run's status.
+    Returns table -> (markdown path, each of its runs' status). Table 8 needs no runs.
     """
     root = root or repo_root()
     tables = load_tables(root / "params" / "tables.yaml")
-    command = f"python -m viscoin_core.batch {table} --profile {profile}" + (f" --seeds {seeds}" if seeds else "")
+    planned = {name: plan(name, profile, seeds, tables, root) for name in names if name != "table8"}
+    status = run_all([run for runs in planned.values() for run in runs], force=force, executor=executor, jobs=jobs)
     out_dir = root / "results" / profile
-    if table == "table8":
-        df = experiments_table(profile, tables, root)
-        return write_table(df, out_dir, "table8", "Table 8: the experiments and their settings",
-                           table_note(profile, command)), {}
-    runs = plan(table, profile, seeds, tables, root)
-    status = run_all(runs, force=force, executor=executor)
-    df = build_table(table, profile, runs, status, tables)
-    return write_table(df, out_dir, table, tables[table]["title"], table_note(profile, command)), status
+    written = {}
+    for name in names:
+        command = f"python -m viscoin_core.batch {name} --profile {profile}" + (f" --seeds {seeds}" if seeds else "")
+        if name == "table8":
+            df = experiments_table(profile, tables, root)
+            written[name] = (write_table(df, out_dir, "table8", "Table 8: the experiments and their settings",
+                                         table_note(profile, command)), {})
+            continue
+        runs = planned[name]
+        df = build_table(name, profile, runs, status, tables)
+        written[name] = (write_table(df, out_dir, name, tables[name]["title"], table_note(profile, command)),
+                         {run: status[run] for run in runs})
+    return written
+
+
+def run_table(table: str, profile: str, seeds: int | None = None, force: bool = False,
+              root: Path | None = None, executor=None, jobs: int = 1) -> tuple[Path, dict]:
+    """Plan, execute and tabulate one table; returns the markdown path and each run's status."""
+    return run_tables([table], profile, seeds, force, root, executor, jobs)[table]
 
 
 def run_figures(profile: str, root: Path | None = None) -> Path:
@@ -366,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=None, help="seeds per row (default: the row's, else 1)")
     parser.add_argument("--force", action="store_true", help="rerun rows that already have metrics.json")
     parser.add_argument("--executor", default="local", choices=["local", "slurm"])
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="local: rows run side by side, each kernel with cores/jobs threads (default 1)")
     parser.add_argument("--slurm-partition", default=None, help="slurm: partition to submit to")
     parser.add_argument("--slurm-gpus", type=int, default=1, help="slurm: GPUs per row")
     parser.add_argument("--slurm-hours", type=float, default=48.0, help="slurm: time limit per row")
@@ -377,10 +457,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"figures: {run_figures(args.profile)}")
         return 0
     names = [*NUMBERED_TABLES, "table8"] if args.table == "all" else [args.table]
+    executor = make_executor(args.executor, repo_root() / "runs" / args.profile / "slurm", **slurm)
     failed = []
-    for name in names:
-        executor = make_executor(args.executor, repo_root() / "runs" / args.profile / "slurm", **slurm)
-        path, status = run_table(name, args.profile, args.seeds, args.force, executor=executor)
+    for name, (path, status) in run_tables(names, args.profile, args.seeds, args.force, executor=executor,
+                                           jobs=args.jobs).items():
         failed += [f"{name}: {r.label} seed {r.seed}: {s}" for r, s in status.items() if s.startswith("failed")]
         print(f"{name}: {path}")
     if failed:
