@@ -147,3 +147,16 @@ def test_the_project_tables_have_a_parameter_file_per_row_in_paper_profile():
     missing = [f"{name}: {row['params']}" for name, t in tables.items() for row in t["rows"]
                if not (root / "params" / "paper" / row["params"]).is_file()]
     assert not missing, f"params/paper lacks {missing}"
+
+
+@pytest.mark.parametrize("profile", ["demo", "mini", "paper"])
+def test_every_row_names_data_files_that_exist_and_parse(profile):
+    # A row's data file is only read when the row runs (hours in, on the paper profile): check them all now.
+    from viscoin_core.data.prepare import as_config
+    root = batch.repo_root()
+    for name, spec in batch.load_tables().items():
+        for row in spec["rows"]:
+            params = batch.read_params(root / "params" / profile / row["params"])
+            data = root / params["data"]
+            assert data.is_file(), f"params/{profile}/{row['params']} names {params['data']}, which is missing"
+            as_config(data)
