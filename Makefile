@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROFILE ?= demo
+JOBS ?= 2          # rows run side by side, each notebook kernel with cores/JOBS threads
 
 .PHONY: test demo mini venv bench clean-venv
 
@@ -24,7 +25,7 @@ test: $(STAMP)
 # A failed row is reported by the batch (and marked in its table); the figures still get made.
 demo: $(STAMP)
 	@status=0; \
-	$(PY) -m viscoin_core.batch all --profile $(PROFILE) || status=$$?; \
+	$(PY) -m viscoin_core.batch all --profile $(PROFILE) --jobs $(JOBS) || status=$$?; \
 	$(PY) -m viscoin_core.batch figures --profile $(PROFILE) || status=$$?; \
 	echo "Tables and figures are in results/$(PROFILE)/"; exit $$status
 
