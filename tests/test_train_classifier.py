@@ -81,17 +81,17 @@ def smoke_run(tmp_path_factory):
     return config, run_dir, C.train_classifier(config, run_dir)
 
 
-# The issue asks for >= 95%. With the smoke cache's 8 images per class (61 to train on) a ResNet-18
-# from random weights reaches 85-88% in our runs (the TUM/LYM/DEB textures get confused), so the
-# test holds it to 80%; more smoke images per class are needed for 95% (see the report).
-SMOKE_MIN_ACCURACY = 80.0
+# At 32 px the TUM, LYM and DEB nuclei are a pixel or two across: with 8 images per class a ResNet-18
+# from random weights stopped at 82-88%; with the smoke cache's 64 per class and 30 epochs it reaches
+# 96.7% (about a minute and a half on one core).
+SMOKE_MIN_ACCURACY = 95.0
 
 
 def test_smoke_profile_accuracy_on_toytissue(smoke_run):
     config, run_dir, metrics = smoke_run
     assert metrics["test_accuracy"] >= SMOKE_MIN_ACCURACY
     assert metrics["f_accuracy"] == metrics["test_accuracy"]
-    assert metrics["n_test"] == 72 and metrics["n_train"] + metrics["n_val"] == 72
+    assert metrics["n_test"] == 9 * 64 and metrics["n_train"] + metrics["n_val"] == 9 * 64
     f = load_classifier(run_dir / "f.pt")
     assert f.class_names[0] == "ADI" and f.n_classes == 9
     epochs = [r for r in read_jsonl(run_dir / "log.jsonl") if r["kind"] == "epoch"]
