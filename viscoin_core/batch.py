@@ -249,7 +249,7 @@ def _run_side_by_side(pending: list[Run], executor, jobs: int, poll_s: float = 0
                     time.sleep(poll_s)
     finally:
         if pool is not None:
-            pool.shutdown(wait=True)
+            pool.shutdown(wait=True, cancel_futures=True)   # after an interrupt: start nothing new
             if threads is None:
                 os.environ.pop("OMP_NUM_THREADS", None)
             else:
