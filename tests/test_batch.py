@@ -113,8 +113,9 @@ def test_side_by_side_rows_wait_for_the_runs_they_read_and_shared_rows_run_once(
     c, d, a = batch.plan("chain", "smoke", root=root)
     assert batch.depends_on(c, a) and not batch.depends_on(a, c) and not batch.depends_on(c, d)
     assert batch.depends_on(d, a)   # d's `reads` names a's parameter file, the form an FID classifier takes
-    threads_before = os.environ.get("OMP_NUM_THREADS")
+    threads_before, cwd_before = os.environ.get("OMP_NUM_THREADS"), os.getcwd()
     written = batch.run_tables(["toytable", "chain"], "smoke", root=root, jobs=2)
+    assert os.getcwd() == cwd_before   # papermill changes its process's directory: not this one
     chain = {r.label: s for r, s in written["chain"][1].items()}
     assert chain == {"c": "done", "d": "done", "a": "done"}
     executed = (root / "runs" / "executed.txt").read_text().split()
@@ -160,3 +161,15 @@ def test_every_row_names_data_files_that_exist_and_parse(profile):
             data = root / params["data"]
             assert data.is_file(), f"params/{profile}/{row['params']} names {params['data']}, which is missing"
             as_config(data)
+
+
+@pytest.mark.parametrize("profile", ["demo", "mini", "paper"])
+def test_every_row_file_also_runs_from_its_stage_cli(profile):
+    # The batch runs notebooks, but each row file is also documented as `--params` of its stage's CLI
+    # (python -m viscoin_core.train.<stage>), which accepts only its config's keys.
+    from viscoin_core.config import load_config
+    root = batch.repo_root()
+    for name, spec in batch.load_tables().items():
+        cls = batch.config_class(spec["notebook"])
+        for row in spec["rows"]:
+            load_config(cls, root / "params" / profile / row["params"])

@@ -92,14 +92,15 @@ def tiny_run(tmp_path_factory):
              "resolution": 32, "n_per_class": 3, "workers": 1})
     config = dict(f="random", G="random", cache_dir=str(root / "cache"), n_concepts=6, latent_channels=8,
                   iterations=2, batch_real=2, batch_fake=1, log_every=1, eval_every=1, eval_subset=2,
-                  final_eval_images=4, lpips_backbone="random", fid_features="classifier", g_channel_base=128,
+                  final_eval_images=4, eval_images=8, lpips_backbone="random", fid_features="classifier", g_channel_base=128,
                   g_channel_max=16, g_w_dim=16, coarse_layer=1, mid_layer=4, device="cpu")
     train_viscoin(config, root / "run")
     return root / "run"
 
 
 def test_evaluate_fills_every_design_key(tiny_run):
-    result = evaluate(tiny_run, n_images=8, consistency_samples=3, consistency_concepts=1, batch_size=8)
+    # n_images defaults to the run's eval_images (8 of the 27 test images)
+    result = evaluate(tiny_run, consistency_samples=3, consistency_concepts=1, batch_size=8)
     stored = json.loads((tiny_run / "metrics.json").read_text())
     for key in (*METRIC_KEYS, "factor_alignment"):
         assert key in result and key in stored, key

@@ -20,11 +20,12 @@ import ast
 import importlib
 import json
 import math
+import multiprocessing
 import os
 import sys
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,15 @@ def execute(run: Run) -> Path:
     return output
 
 
+def execute_in_worker(run: Run) -> Path:
+    """`execute` in a worker process; a failure comes back as a RuntimeError carrying its message,
+    since not every notebook error survives the trip between processes."""
+    try:
+        return execute(run)
+    except Exception as err:  # noqa: BLE001  (re-raised with its text)
+        raise RuntimeError(f"{type(err).__name__}: {err}".strip()) from None
+
+
 def make_executor(kind: str, folder: Path, cluster: str | None = None, **slurm: Any):
     """None for in-process execution; a submitit executor for 'slurm' (cluster='local' in tests)."""
     if kind == "local":
@@ -223,10 +233,11 @@ def _run_side_by_side(pending: list[Run], executor, jobs: int, poll_s: float = 0
     status: dict[Run, str] = {}
     pool = None
     if executor is None:
-        pool = ThreadPoolExecutor(max_workers=jobs)
         # Each papermill kernel inherits this: `jobs` kernels share the cores instead of each taking all.
         threads = os.environ.get("OMP_NUM_THREADS")
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+        # Processes, not threads: papermill changes the working directory of the process it runs in.
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
     submit, limit = (executor.submit, len(pending)) if executor is not None else (pool.submit, jobs)
     waiting, active = list(pending), {}
     try:
@@ -236,7 +247,7 @@ def _run_side_by_side(pending: list[Run], executor, jobs: int, poll_s: float = 0
                     unfinished = [other for other in (*waiting, *active) if other is not run]
                     if len(active) < limit and not any(depends_on(run, other) for other in unfinished):
                         waiting.remove(run)
-                        active[run] = submit(execute, run)
+                        active[run] = submit(execute_in_worker, run)
                 if not active:   # everything left waits on something else that is left: a cycle
                     for run in waiting:
                         status[run] = "failed: its inputs form a cycle with other rows of this batch"

@@ -38,7 +38,8 @@ def evaluate(run_dir: str | Path, n_images: int | None = None, device: str = "cp
              write: bool = True) -> dict:
     """Every metric of DESIGN section 7 for the run in `run_dir`, written to its metrics.json.
 
-    n_images: test images used (a fixed random subset; None = all). n_train_images: training images
+    n_images: test images used (a fixed random subset; default: the run's `eval_images`, and all
+    when that is null too). n_train_images: training images
     searched for consistency's most activating samples (default: n_images). faithfulness uses at
     most `faithfulness_images` of the evaluated test images; consistency at most
     `consistency_samples` per split and concept, and a random subset of `consistency_concepts`
@@ -59,6 +60,7 @@ def evaluate(run_dir: str | Path, n_images: int | None = None, device: str = "cp
     cfg = system.parts["config"]
     fid_features = fid_features or cfg.fid_features
     lpips_backbone = lpips_backbone or cfg.lpips_backbone
+    n_images = n_images or cfg.eval_images
     lpips_net = M.build_lpips(lpips_backbone, device)
     extractor = (M.inception_extractor(device) if fid_features == "inception"
                  else M.classifier_extractor(system.f, device))

@@ -12,7 +12,7 @@ from viscoin_core.eval import evaluate
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m viscoin_core.eval", description=__doc__)
     parser.add_argument("--run-dir", required=True, help="a VisCoIN run directory (holds viscoin.pt or a checkpoint)")
-    parser.add_argument("--n-images", type=int, default=None, help="test images to evaluate (default: all)")
+    parser.add_argument("--n-images", type=int, default=None, help="test images to evaluate (default: the run's eval_images; all when unset)")
     parser.add_argument("--n-train-images", type=int, default=None,
                         help="training images searched by consistency (default: --n-images)")
     parser.add_argument("--faithfulness-images", type=int, default=1000)

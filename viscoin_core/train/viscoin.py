@@ -96,6 +96,8 @@ class ViscoinConfig:
     eval_every: int = param(2000, low=1, help="iterations between cheap evaluations on the test subset")
     eval_subset: int = param(256, low=1, help="test images in the cheap evaluation")
     final_eval_images: int = param(0, low=0, help="test images of the final evaluation (0: all; else a seeded random subset)")
+    eval_images: int | None = param(None, low=1, help="test images of the full evaluation that follows training "
+                                    "(notebooks 04-05, every metric of DESIGN 6); null = all. Training ignores it")
     checkpoint_every: int = param(1000, low=1, help="iterations between checkpoints")
     lpips_backbone: str = param("vgg", choices=("vgg", "random"), help="'random' needs no download (not comparable)")
     fid_features: str = param("inception", choices=("inception", "classifier"), help="FID/KID features of the final evaluation")
