@@ -10,7 +10,8 @@ papermill into its run directory, `runs/<profile>/<stage>/<file stem>/seed<k>/`,
 executed notebook there. A run whose `metrics.json` exists is skipped unless `--force`, so an
 interrupted batch resumes; a failed row is reported at the end and marked in the table, never
 dropped. `all` plans every table first, so a row that several tables share runs once, and rows run
-side by side (`--jobs`, or Slurm) as soon as the runs they read are finished. Table 8 lists every experiment's settings, generated from the parameter files.
+side by side (`--jobs`, or Slurm) as soon as the runs they read are finished. Table 8 lists every
+experiment's settings, generated from the parameter files.
 """
 
 from __future__ import annotations
