@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Unit tests, then every notebook (01 ... 06, in order) with its smoke defaults under nbval.
-# Progress bars redraw at most every 5 s: nbval fails a cell whose output messages pause for 5 s,
-# which a flood of bar updates behind a long cell (notebook 02's training) once caused in CI.
+# Progress bars redraw at most every 5 s. nbval fails a cell when its output messages pause for 5 s;
+# one fresh-clone run failed so after notebook 02's long training cell, with thousands of bar updates
+# queued. Fewer updates should make that less likely; the cause is not pinned down.
 test: $(STAMP)
 	TQDM_MININTERVAL=5 $(PY) -m pytest -q tests --nbval-lax notebooks
 
