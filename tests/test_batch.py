@@ -124,6 +124,8 @@ def test_side_by_side_rows_wait_for_the_runs_they_read_and_shared_rows_run_once(
     toytable = {(r.label, r.seed): s for r, s in written["toytable"][1].items()}
     assert toytable[("A", 0)] == toytable[("A", 1)] == "done" and toytable[("B", 0)].startswith("failed")
     assert os.environ.get("OMP_NUM_THREADS") == threads_before   # the kernels' setting is not left behind
+    header = written["chain"][0].read_text().splitlines()[2]
+    assert "| score |" in header and "score (published)" not in header   # a measure of ours alone: no pair
 
 
 def test_rows_that_read_each_other_are_failed_not_hung(tmp_path):

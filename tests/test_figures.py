@@ -79,6 +79,16 @@ def test_curves_and_metric_plots_write_png_and_pdf(tmp_path):
         figures.training_curves(path, keys=["missing"])
 
 
+def test_a_chance_series_is_the_dashed_line_of_its_panel(tmp_path):
+    log = [{"iteration": i, "split": "test", "identification": 5.0 * i, "identification_chance": 4.0}
+           for i in (1, 2, 3)]
+    fig = figures.training_curves(log)
+    assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == ["identification"]
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert lines["chance"].get_linestyle() == "--" and list(lines["chance"].get_ydata()) == [4.0] * 3
+    assert list(lines["test"].get_ydata()) == [5.0, 10.0, 15.0]
+
+
 # ------------------------------------------------------------------------------------------------
 # A tiny trained system: toytissue at 32 px, random f and G, one VisCoIN iteration.
 
@@ -110,6 +120,7 @@ def test_evaluate_fills_every_design_key(tiny_run):
     assert list(stored["top_n_accuracy"]) == ["2", "4", "6"]
     assert stored["top_n_accuracy"]["6"] == pytest.approx(stored["g_accuracy"])
     assert stored["n_test_images"] == 8
+    assert 0 <= stored["identification_in_class"] <= 100 and stored["identification_chance"] == pytest.approx(100 / 8)
     assert set(stored["consistency"]) >= {"mean", "std"}
     assert set(stored["factor_alignment"]["per_factor"]) == set(stored["factor_alignment"]["untrained"]["per_factor"])
     assert (tiny_run / "relevance.pt").is_file()

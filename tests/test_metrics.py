@@ -34,6 +34,39 @@ def test_mse_is_per_image():
     assert torch.allclose(metrics.mse(y, x), torch.tensor([0.0, 0.25]))
 
 
+
+def test_identification_tells_a_faithful_reconstruction_from_a_class_average():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.tensor([0, 0, 0, 0, 1, 1])
+    x = torch.rand(6, 3, 8, 8, generator=gen) * 2 - 1
+    faithful = metrics.reconstruction_identification(x + 0.01, x, labels)
+    assert faithful["identification"] == 100.0 and faithful["identification_in_class"] == 100.0
+    # Drawing each class's mean image: the class is right, the individual never (the mean is
+    # equidistant from nobody in particular, so at most one input per class can be nearest).
+    means = torch.stack([x[labels == c].mean(0) for c in labels.tolist()])
+    average = metrics.reconstruction_identification(means, x, labels)
+    assert average["identification_in_class"] <= 100 * 2 / 6
+    # Every reconstruction identical: all distances to the same input tie or lose -> at most one hit.
+    constant = metrics.reconstruction_identification(x[:1].expand(6, -1, -1, -1), x, labels)
+    assert constant["identification"] == pytest.approx(100 / 6)      # x~_0 = x_0 is its own nearest
+    assert faithful["identification_chance"] == pytest.approx(100 / 6)
+    assert faithful["identification_in_class_chance"] == pytest.approx(100 * (4 * 1 / 4 + 2 * 1 / 2) / 6)
+    # Swapping two reconstructions of the same class makes both miss.
+    swapped = x.clone()[[1, 0, 2, 3, 4, 5]]
+    assert metrics.reconstruction_identification(swapped, x, labels)["identification_in_class"] == \
+        pytest.approx(100 * 4 / 6)
+    with pytest.raises(ValueError, match="shapes differ"):
+        metrics.reconstruction_identification(x[:5], x, labels)
+
+
+def test_thumbnails_average_areas_and_leave_small_images_alone():
+    x = torch.arange(4.0).reshape(1, 1, 2, 2).expand(1, 3, 2, 2).repeat(1, 1, 32, 32)   # (1, 3, 64, 64)
+    small = metrics.thumbnails(x, 32)
+    assert small.shape == (1, 3, 32, 32)
+    assert torch.allclose(small, x.mean().expand_as(small))    # each 2x2 block holds 0, 1, 2, 3
+    y = torch.rand(2, 3, 16, 16)
+    assert torch.equal(metrics.thumbnails(y, 32), y)
+
 def test_lpips_random_backbone_is_deterministic_and_zero_on_identical_images():
     net_a = metrics.build_lpips("random")
     net_b = metrics._build_lpips("random")       # a second construction, not the per-process copy

@@ -110,6 +110,8 @@ def test_resume_is_exact(cache_dir, tmp_path):
     logs = [loop.read_jsonl(tmp_path / d / "log.jsonl") for d in ("whole", "resumed")]
     assert [r["iteration"] for r in logs[0]] == [r["iteration"] for r in logs[1]]
     assert [r.get("total") for r in logs[0]] == [r.get("total") for r in logs[1]]
+    final_test = [r for r in logs[0] if r["split"] == "test"][-1]   # 2 test images of different classes
+    assert final_test["identification_chance"] == 50.0 and final_test["identification_in_class_chance"] == 100.0
     for key in ("g_accuracy", "f_accuracy", "fidelity", "mse", "lpips", "fid", "lpips_backbone", "fid_features"):
         assert key in whole
     assert whole["lpips_backbone"] == "random" and whole["fid_features"] == "classifier"

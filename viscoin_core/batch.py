@@ -335,7 +335,8 @@ def build_table(table: str, profile: str, runs: list[Run], status: dict[Run, str
             header, pub_key, scale = column_spec(ours, col)
             values = [m[ours] * scale for m in metrics if isinstance(m.get(ours), (int, float))]
             line[header] = mean_std(values) if values else ("failed" if failures else "not run")
-            line[f"{header} (published)"] = ref.get(pub_key) if isinstance(ref, dict) else None
+            if pub_key is not None:      # a column of ours alone (no published counterpart) gets no pair
+                line[f"{header} (published)"] = ref.get(pub_key) if isinstance(ref, dict) else None
         line["fid_features"] = ", ".join(sorted({str(m.get("fid_features")) for m in metrics if "fid_features" in m}))
         line["lpips_backbone"] = ", ".join(sorted({str(m.get("lpips_backbone")) for m in metrics if "lpips_backbone" in m}))
         line["status"] = "; ".join(failures) if failures else ("ok" if metrics else "not run")

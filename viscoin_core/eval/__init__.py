@@ -13,7 +13,8 @@ import torch
 
 # Keys every evaluate() result holds (DESIGN section 6); factor_alignment only on synthetic data.
 METRIC_KEYS = ("f_accuracy", "g_accuracy", "fidelity", "mse", "lpips", "fid", "kid", "faithfulness",
-               "consistency", "top_n_accuracy", "sparsity", "fid_features", "lpips_backbone")
+               "consistency", "top_n_accuracy", "sparsity", "fid_features", "lpips_backbone",
+               "identification", "identification_in_class")
 
 
 def load_system_and_test_split(run_dir: str | Path, device: str | torch.device = "cpu"):
@@ -36,7 +37,8 @@ def evaluate(run_dir: str | Path, n_images: int | None = None, device: str = "cp
              n_train_images: int | None = None, faithfulness_images: int = 1000,
              consistency_samples: int = 100, consistency_concepts: int | None = None,
              write: bool = True) -> dict:
-    """Every metric of DESIGN section 7 for the run in `run_dir`, written to its metrics.json.
+    """Every metric of DESIGN section 7 for the run in `run_dir`, written to its metrics.json, plus
+    reconstruction identification (ours: do reconstructions follow their own inputs, beyond the class?).
 
     n_images: test images used (a fixed random subset; default: the run's `eval_images`, and all
     when that is null too). n_train_images: training images
@@ -68,7 +70,8 @@ def evaluate(run_dir: str | Path, n_images: int | None = None, device: str = "cp
 
     # One pass over the test images: accuracy, reconstruction metrics, FID features, the concept pool.
     index = C._subset(len(test), n_images, torch.Generator().manual_seed(seed))
-    acc = {k: [] for k in ("f_logits", "labels", "mse", "lpips", "real", "fake", "phi", "phi_prime")}
+    acc = {k: [] for k in ("f_logits", "labels", "mse", "lpips", "real", "fake", "phi", "phi_prime",
+                           "thumbs", "thumbs_rec")}
     with torch.no_grad():
         for chunk in tqdm(index.split(batch_size), desc="test pass", leave=False):
             items = [test[int(i)] for i in chunk]
@@ -84,6 +87,8 @@ def evaluate(run_dir: str | Path, n_images: int | None = None, device: str = "cp
             acc["fake"].append(extractor(x_rec).double().cpu())
             acc["phi"].append(phi.float().cpu())
             acc["phi_prime"].append(phi_prime.float().cpu())
+            acc["thumbs"].append(M.thumbnails(x).cpu())
+            acc["thumbs_rec"].append(M.thumbnails(x_rec).cpu())
     cat = {k: torch.cat(v) for k, v in acc.items()}
     theta = copy.deepcopy(system.theta).cpu()     # the concept pool lives on the CPU
     g_logits = theta(cat["phi"])
@@ -97,6 +102,7 @@ def evaluate(run_dir: str | Path, n_images: int | None = None, device: str = "cp
         "lpips": float(cat["lpips"].mean()), "fid": M.fid_from_features(cat["real"], cat["fake"]),
         "kid": kid, "kid_std": kid_std, "fid_features": fid_features, "lpips_backbone": lpips_backbone,
         "n_test_images": n,
+        **M.reconstruction_identification(cat["thumbs_rec"], cat["thumbs"], cat["labels"]),
     }
     stages.update(1)
 

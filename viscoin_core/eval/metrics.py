@@ -1,4 +1,5 @@
-"""Image-level metrics: accuracy, fidelity, MSE, LPIPS, FID and KID (DESIGN section 7).
+"""Image-level metrics: accuracy, fidelity, MSE, LPIPS, FID and KID (DESIGN section 7), and
+reconstruction identification (not in the paper: whether reconstructions follow their own inputs).
 
 Images are RGB float tensors in [-1, 1], NCHW (DESIGN section 4). FID and KID compare two sets of
 feature vectors; the features come from one of two extractors, named `fid_features` in every
@@ -78,6 +79,46 @@ def mse(x_rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if x_rec.shape != x.shape:
         raise ValueError(f"shapes differ: {tuple(x_rec.shape)} vs {tuple(x.shape)}")
     return (x_rec.float() - x.float()).pow(2).flatten(1).mean(dim=1)
+
+
+IDENTIFICATION_SIZE = 32   # identification compares images at most this many pixels wide
+
+
+def thumbnails(x: torch.Tensor, size: int = IDENTIFICATION_SIZE) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 3, s, s) with s = min(size, H), area-averaged: what identification compares
+    (a whole test split at 256 px would not fit in memory; 32 px keeps colours and layout)."""
+    if x.shape[-1] <= size:
+        return x.float()
+    return torch.nn.functional.adaptive_avg_pool2d(x.float(), size)
+
+
+def reconstruction_identification(x_rec: torch.Tensor, x: torch.Tensor, labels: torch.Tensor) -> dict:
+    """How often a reconstruction is nearer (pixel L2) to its own input than to any other input.
+
+    MSE alone cannot tell a reconstruction that follows its input from one that draws the average
+    image of the class; this can. Returns percentages (0-100):
+      'identification': the own input is the nearest of all N inputs (chance: 100 / N);
+      'identification_in_class': the nearest among the inputs of the same class, so a
+        reconstruction that only gets the class right scores chance (mean of 100 / class size).
+    Ties count as misses. x_rec, x: (N, ...) on any scale (use `thumbnails`); labels: (N,).
+    """
+    if x_rec.shape != x.shape:
+        raise ValueError(f"shapes differ: {tuple(x_rec.shape)} vs {tuple(x.shape)}")
+    labels = torch.as_tensor(labels).reshape(-1)
+    n = len(x)
+    if n < 2 or labels.numel() != n:
+        raise ValueError(f"need at least 2 images and one label each, got {n} images and {labels.numel()} labels")
+    d = torch.cdist(x_rec.flatten(1).double(), x.flatten(1).double())    # (N rec, N inputs)
+    own = d.diagonal().clone()
+    same = labels[:, None] == labels[None, :]
+    others = d.masked_fill(torch.eye(n, dtype=torch.bool), float("inf"))
+    nearest_other = others.amin(dim=1)
+    nearest_other_in_class = others.masked_fill(~same, float("inf")).amin(dim=1)
+    class_size = same.sum(dim=1).double()
+    return {"identification": 100.0 * (own < nearest_other).double().mean().item(),
+            "identification_in_class": 100.0 * (own < nearest_other_in_class).double().mean().item(),
+            "identification_chance": 100.0 / n,
+            "identification_in_class_chance": 100.0 * (1.0 / class_size).mean().item()}
 
 
 # ----------------------------------------------------------------------------------------------

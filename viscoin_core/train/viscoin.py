@@ -388,7 +388,7 @@ def _cpu_state(module: nn.Module) -> dict:
 
 def evaluate_images(trainer: Trainer, dataset: Dataset, indices: list[int], batch_size: int,
                     features: str | None = None, desc: str = "eval") -> dict:
-    """f and g accuracy, fidelity, MSE, LPIPS and the loss terms on dataset[indices];
+    """f and g accuracy, fidelity, MSE, LPIPS, reconstruction identification and the loss terms on dataset[indices];
     with `features` ('classifier'|'inception') also FID and KID between originals and reconstructions."""
     from viscoin_core.eval import metrics
     extractor = None
@@ -397,7 +397,7 @@ def evaluate_images(trainer: Trainer, dataset: Dataset, indices: list[int], batc
     elif features == "classifier":
         extractor = metrics.classifier_extractor(trainer.f, trainer.device)
     trainer.train_mode(False)
-    f_logits, g_logits, labels, mse, lp, feats_real, feats_rec = [], [], [], [], [], [], []
+    f_logits, g_logits, labels, mse, lp, feats_real, feats_rec, thumbs, thumbs_rec = [], [], [], [], [], [], [], [], []
     sums, n = {}, 0
     with torch.no_grad():
         for start in tqdm(range(0, len(indices), batch_size), desc=desc, leave=False):
@@ -413,6 +413,8 @@ def evaluate_images(trainer: Trainer, dataset: Dataset, indices: list[int], batc
             labels.append(torch.tensor([label for _, label in items]))
             mse.append(metrics.mse(x_rec, x).cpu())
             lp.append(out["lpips"].float().cpu())
+            thumbs.append(metrics.thumbnails(x).cpu())
+            thumbs_rec.append(metrics.thumbnails(x_rec).cpu())
             if extractor is not None:
                 feats_real.append(extractor(x).double().cpu())
                 feats_rec.append(extractor(x_rec).double().cpu())
@@ -422,6 +424,8 @@ def evaluate_images(trainer: Trainer, dataset: Dataset, indices: list[int], batc
               "fidelity": metrics.fidelity(g_logits, f_logits), "mse": float(torch.cat(mse).mean()),
               "lpips": float(torch.cat(lp).mean()), "n_images": n,
               **{f"loss_{k}": v / n for k, v in sums.items()}}
+    if n >= 2:
+        result.update(metrics.reconstruction_identification(torch.cat(thumbs_rec), torch.cat(thumbs), labels))
     if extractor is not None and n >= 2:
         real, rec = torch.cat(feats_real), torch.cat(feats_rec)
         result["fid"] = metrics.fid_from_features(real, rec)

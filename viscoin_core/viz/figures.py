@@ -197,7 +197,9 @@ def training_curves(log: str | Path | Sequence[Mapping], keys: Sequence[str] | N
             xs, ys = series.setdefault(base, {}).setdefault(split, ([], []))
             xs.append(r[x_key])
             ys.append(value)
-    names = [k for k in (keys or sorted(set(series) - NOT_CURVES)) if k in series]
+    # a "<name>_chance" series is drawn as the chance line of <name>'s panel, not as a panel
+    default = sorted(k for k in set(series) - NOT_CURVES if not k.endswith("_chance"))
+    names = [k for k in (keys or default) if k in series]
     if not names:
         raise ValueError(f"none of {list(keys or [])} is in the log (it has {sorted(series)})")
     cols = min(3, len(names))
@@ -209,6 +211,8 @@ def training_curves(log: str | Path | Sequence[Mapping], keys: Sequence[str] | N
             if split == "train" and smooth > 1 and len(ys) >= smooth:
                 ys = np.convolve(ys, np.ones(smooth) / smooth, mode="same")
             ax.plot(xs, ys, label=split, marker="o" if split == "test" else None, markersize=3)
+        for xs, ys in series.get(f"{name}_chance", {}).values():
+            ax.plot(xs, ys, linestyle="--", color="grey", label="chance")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(x_key)
         ax.legend(fontsize=7)
