@@ -24,6 +24,35 @@ def test_psi_shapes(width, size):
     assert (phi >= 0).all() and (phi_prime >= 0).all()
 
 
+@pytest.mark.parametrize("fuse_at", ["layer4", "layer3", "layer2"])
+@pytest.mark.parametrize("size", [32, 96, 256])
+def test_psi_fuses_at_any_tap_grid(fuse_at, size):
+    psi = ConceptExtractor(n_concepts=5, tap_channels=(16, 32, 64), latent_channels=8, fuse_at=fuse_at)
+    taps = fake_taps(64, size)
+    grid = taps[fuse_at].shape[-1]
+    h = torch.cat([getattr(psi, f"from_{t}")(psi._upsampled(t, taps[t])) for t in ("layer2", "layer3", "layer4")], 1)
+    assert h.shape[-2:] == (grid, grid)
+    with torch.no_grad():
+        phi, phi_prime = psi(taps)
+    assert phi.shape == (2, 5, 3, 3) and phi_prime.shape == (2, 45)
+
+
+def test_fusing_at_layer4_of_a_32px_image_leaves_no_layout_and_layer2_keeps_one():
+    # layer4 of a 32 px image is 1x1: the 3x3 pooling copies one value into every cell
+    taps = fake_taps(64, 32)
+    flat = ConceptExtractor(5, (16, 32, 64), latent_channels=8)(taps)[0]
+    assert torch.equal(flat, flat[..., :1, :1].expand_as(flat))
+    torch.manual_seed(0)
+    laid_out = ConceptExtractor(5, (16, 32, 64), latent_channels=8, fuse_at="layer2")(taps)[0]
+    assert (laid_out.flatten(2).std(dim=2) > 0).any()
+    # the paper's layout (fuse_at layer4) keeps the authors' kernels: 5/4, 3/2, 3/1
+    paper = ConceptExtractor(5, (16, 32, 64), latent_channels=8)
+    assert [(c.kernel_size[0], c.stride[0]) for c in (paper.from_layer2, paper.from_layer3, paper.from_layer4)] == \
+        [(5, 4), (3, 2), (3, 1)]
+    with pytest.raises(ValueError, match="fuse_at"):
+        ConceptExtractor(5, (16, 32, 64), fuse_at="layer1")
+
+
 def test_chain_from_a_real_classifier():
     f = build_classifier("resnet18", n_classes=4).eval().requires_grad_(False)
     psi = ConceptExtractor(6, f.tap_channels, latent_channels=16)

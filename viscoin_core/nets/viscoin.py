@@ -9,6 +9,12 @@ Psi follows the authors' architecture: one convolution per tap bringing layer2/3
 maps with ReLU, adaptively average-pooled to 3x3 (Phi), and a parallel branch (the fused map pooled
 to 3x3, two fully connected layers with ReLU) giving Phi', which only helps reconstruction.
 
+`fuse_at` picks the grid the taps are brought to. 'layer4' is the paper's (8x8 at 256 px). Below
+96 px layer4's grid is smaller than 3x3 (1x1 at 32 px): the pooling then copies one vector into all
+nine cells, so neither Phi nor Phi' has a spatial layout, and where the bird stands must survive
+as channel values that the class losses are free to discard. 'layer2' (4x4 at 32 px) keeps the
+layout: coarser taps are upsampled (nearest) to it before their convolution.
+
 Omega has one fully connected layer per style vector of G. Vectors with index < coarse_layer or
 > mid_layer read Phi'; those in [coarse_layer, mid_layer] read the flattened Phi. The output is added
 to w-bar: G's average latent `w_avg`, frozen (the paper), or a zero vector that is trained
@@ -24,6 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 W_BAR_CHOICES = ("w_avg", "zeros_trainable")
+FUSE_AT_CHOICES = ("layer4", "layer3", "layer2")
+TAPS = ("layer2", "layer3", "layer4")     # grids 8x, 16x, 32x smaller than the image
 
 
 class ConceptExtractor(nn.Module):
@@ -31,32 +39,45 @@ class ConceptExtractor(nn.Module):
 
     `tap_channels` are the channel counts of layer2, layer3, layer4 (f.tap_channels); the input
     resolution may be any multiple of 32 (layer4's grid is then H/32, layer2's four times larger).
+    `fuse_at` names the tap whose grid the others are brought to (module docstring).
     """
 
-    def __init__(self, n_concepts: int, tap_channels: tuple[int, int, int], latent_channels: int = 512):
+    def __init__(self, n_concepts: int, tap_channels: tuple[int, int, int], latent_channels: int = 512,
+                 fuse_at: str = "layer4"):
         super().__init__()
         if n_concepts < 1:
             raise ValueError(f"n_concepts (K) must be >= 1, got {n_concepts}")
-        c2, c3, c4 = tap_channels
-        self.n_concepts, self.latent_channels = n_concepts, latent_channels
-        # Bring layer2 (4x layer4's grid) and layer3 (2x) down to layer4's grid.
-        self.from_layer2 = nn.Conv2d(c2, latent_channels, kernel_size=5, stride=4, padding=2)
-        self.from_layer3 = nn.Conv2d(c3, latent_channels, kernel_size=3, stride=2, padding=1)
-        self.from_layer4 = nn.Conv2d(c4, latent_channels, kernel_size=3, stride=1, padding=1)
+        if fuse_at not in FUSE_AT_CHOICES:
+            raise ValueError(f"fuse_at={fuse_at!r}; choose one of {list(FUSE_AT_CHOICES)}")
+        self.n_concepts, self.latent_channels, self.fuse_at = n_concepts, latent_channels, fuse_at
+        target = TAPS.index(fuse_at)
+        # A finer tap is strided down to the target grid (stride 4: kernel 5, stride 2: kernel 3);
+        # a coarser one is upsampled by `upsample[tap]` first, then convolved at stride 1.
+        self.upsample = {}
+        for tap, channels in zip(TAPS, tap_channels):
+            steps = target - TAPS.index(tap)                # > 0: finer than the target grid
+            stride, self.upsample[tap] = 2 ** max(steps, 0), 2 ** max(-steps, 0)
+            kernel = 5 if stride == 4 else 3
+            setattr(self, f"from_{tap}", nn.Conv2d(channels, latent_channels, kernel_size=kernel, stride=stride,
+                                                  padding=kernel // 2))
         self.fuse = nn.Conv2d(3 * latent_channels, 3 * latent_channels, kernel_size=3, padding=1)
         self.to_concepts = nn.Conv2d(3 * latent_channels, n_concepts, kernel_size=1)  # kernels W_Psi
         self.prime1 = nn.Linear(9 * 3 * latent_channels, 9 * n_concepts)
         self.prime2 = nn.Linear(9 * n_concepts, 9 * n_concepts, bias=False)
 
     def forward(self, taps: dict[str, torch.Tensor] | tuple) -> tuple[torch.Tensor, torch.Tensor]:
-        l2, l3, l4 = (taps["layer2"], taps["layer3"], taps["layer4"]) if isinstance(taps, dict) else taps
-        h = torch.cat([F.relu(self.from_layer2(l2)), F.relu(self.from_layer3(l3)),
-                       F.relu(self.from_layer4(l4))], dim=1)            # (B, 3L, H/32, W/32)
+        maps = [taps[t] for t in TAPS] if isinstance(taps, dict) else list(taps)
+        h = torch.cat([F.relu(getattr(self, f"from_{t}")(self._upsampled(t, m))) for t, m in zip(TAPS, maps)],
+                      dim=1)                                            # (B, 3L, grid of fuse_at)
         h = F.relu(self.fuse(h))
         phi = F.adaptive_avg_pool2d(F.relu(self.to_concepts(h)), 3)      # (B, K, 3, 3)
         pooled = F.adaptive_avg_pool2d(h, 3).flatten(1)                  # (B, 27L)
         phi_prime = F.relu(self.prime2(F.relu(self.prime1(pooled))))      # (B, 9K)
         return phi, phi_prime
+
+    def _upsampled(self, tap: str, m: torch.Tensor) -> torch.Tensor:
+        factor = self.upsample[tap]
+        return m if factor == 1 else F.interpolate(m, scale_factor=factor, mode="nearest")
 
 
 class Explainer(nn.Module):

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from viscoin_core import losses
 from viscoin_core.config import ConfigError, load_config, param, parse_config, to_dict
 from viscoin_core.nets.classifier import build_classifier, load_classifier
-from viscoin_core.nets.viscoin import W_BAR_CHOICES, ConceptExtractor, ConceptTranslator, Explainer
+from viscoin_core.nets.viscoin import FUSE_AT_CHOICES, W_BAR_CHOICES, ConceptExtractor, ConceptTranslator, Explainer
 from viscoin_core.train import loop
 
 FINAL = "viscoin.pt"
@@ -67,6 +67,8 @@ class ViscoinConfig:
     # the three trained networks
     n_concepts: int = param(256, low=1, help="K, the number of concepts")
     latent_channels: int = param(512, low=1, help="channels of Psi's per-tap convolutions")
+    fuse_at: str = param("layer4", choices=FUSE_AT_CHOICES, help="grid Psi fuses f's taps at: layer4 (paper); "
+                         "layer2 keeps a spatial layout below 96 px, where layer4's grid is under 3x3")
     coarse_layer: int = param(3, low=0, help="style vectors with index < coarse_layer read Phi' (code: 2)")
     mid_layer: int = param(12, low=0, help="style vectors with index > mid_layer read Phi' (code: 10)")
     w_bar: str = param("w_avg", choices=W_BAR_CHOICES, help="Omega's bias: G's w_avg frozen (paper) or zeros trained (code)")
@@ -257,7 +259,7 @@ def build_parts(cfg: ViscoinConfig, f: nn.Module, G: nn.Module, n_classes: int) 
                           f"[coarse_layer, {G.num_ws - 1}] (G has num_ws = {G.num_ws} style vectors)")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 1)
-        psi = ConceptExtractor(cfg.n_concepts, f.tap_channels, cfg.latent_channels)
+        psi = ConceptExtractor(cfg.n_concepts, f.tap_channels, cfg.latent_channels, cfg.fuse_at)
         theta = Explainer(cfg.n_concepts, n_classes)
         omega = ConceptTranslator(cfg.n_concepts, G.num_ws, G.w_dim, cfg.coarse_layer, cfg.mid_layer,
                                   w_bar=cfg.w_bar, w_avg=G.mapping.w_avg, activation=cfg.omega_activation,
