@@ -16,6 +16,14 @@ class Cfg:
     seed: int = param(0)
 
 
+@dataclass
+class Toy:
+    a: int = param(0)
+    b: float = param(0.0)
+    name: str = param("")
+    device: str = param("cpu")
+
+
 def draw():
     return random.random(), float(np.random.rand()), float(torch.rand(()))
 
@@ -74,3 +82,17 @@ def test_keep_freed_memory_takes_on_glibc_and_allocation_still_works():
         assert took
     x = torch.ones(64, 1024, 1024)     # 256 MB: served from the heap now, not a fresh mmap
     assert float(x.sum()) == 64 * 1024 * 1024
+
+
+def test_set_overrides_read_values_as_yaml_and_name_a_bad_item(tmp_path):
+    params = tmp_path / "p.yaml"
+    params.write_text("a: 1\nname: x\n")
+    args = loop.stage_cli("toy", "toy stage").parse_args(
+        ["--params", str(params), "--run-dir", "r", "--set", "a=3", "--set", "name=layer2", "--set", "b=0.5"])
+    cfg = loop.stage_config(Toy, args)
+    assert (cfg.a, cfg.b, cfg.name) == (3, 0.5, "layer2")
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        loop.parse_overrides(["a3"])
+    with pytest.raises(ConfigError, match="nope"):
+        loop.stage_config(Toy, loop.stage_cli("toy", "t").parse_args(
+            ["--params", str(params), "--run-dir", "r", "--set", "nope=1"]))

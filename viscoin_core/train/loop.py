@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
+import yaml
 
 from viscoin_core.config import ConfigError, describe_run, load_config, repo_root
 
@@ -200,12 +201,25 @@ def cycle(loader: Iterable) -> Iterable:
 
 
 def stage_cli(stage: str, doc: str) -> argparse.ArgumentParser:
-    """The command line every training stage shares: --params FILE --run-dir DIR [--device D]."""
+    """The command line every training stage shares: --params FILE --run-dir DIR [--device D] [--set K=V ...]."""
     parser = argparse.ArgumentParser(prog=f"python -m viscoin_core.train.{stage}", description=doc.split("\n")[0])
     parser.add_argument("--params", required=True, help=f"YAML parameter file (params/<profile>/{stage}*.yaml)")
     parser.add_argument("--run-dir", required=True, help="run directory (created; resumed when it holds a checkpoint)")
     parser.add_argument("--device", default=None, help="override the file's device")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one parameter of the file (VALUE read as YAML); repeatable")
     return parser
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """['k=v', ...] -> {k: YAML value of v}; a malformed item raises ConfigError naming it."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set iterations=600")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def stage_config(cls: type, args: argparse.Namespace) -> Any:
@@ -213,4 +227,7 @@ def stage_config(cls: type, args: argparse.Namespace) -> Any:
     path = Path(args.params)
     if not (path.is_absolute() or path.exists()):
         path = repo_root() / path
-    return load_config(cls, path, **({"device": args.device} if args.device else {}))
+    overrides = parse_overrides(getattr(args, "set", []) or [])
+    if args.device:
+        overrides["device"] = args.device
+    return load_config(cls, path, **overrides)
