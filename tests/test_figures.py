@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -153,13 +154,20 @@ def test_every_figure_function_runs_on_the_tiny_system(tiny_run, tmp_path):
     assert torch.allclose(figures.edit_concepts(system, x, concepts, 1.0), system.reconstruct(phi, phi_prime))
     figures.training_curves(tiny_run / "log.jsonl", out=tmp_path / "train")
     _written(tmp_path / "train")
+    fig = figures.reconstruction_pairs(system, x, ["a", "b", "c"], out=tmp_path / "pairs")
+    assert len(fig.axes) == 2 * 3 and fig.axes[0].get_title() == "a"
+    # the bottom row is the reconstruction of the image above it
+    shown = fig.axes[3].get_images()[0].get_array()
+    assert np.allclose(shown, figures.to_display(system.reconstruct(phi, phi_prime)[0]), atol=1e-6)
+    _written(tmp_path / "pairs")
 
 
 def test_figures_for_run_writes_the_set(tiny_run, tmp_path):
     if not (tiny_run / "relevance.pt").exists():
         evaluate(tiny_run, n_images=8, consistency_samples=3, consistency_concepts=1, batch_size=8)
     figs = figures.figures_for_run(tiny_run, tmp_path, n_classes_shown=1, n_images=2, max_test_images=8)
-    assert {"relevance_heatmap", "training_curves", "top_n_accuracy", "faithfulness", "factor_alignment"} <= set(figs)
+    assert {"relevance_heatmap", "training_curves", "top_n_accuracy", "faithfulness", "factor_alignment",
+            "reconstructions"} <= set(figs)
     assert any(name.startswith("concept_grid_") for name in figs)
     for name in figs:
         _written(tmp_path / name)

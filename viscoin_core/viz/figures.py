@@ -107,6 +107,21 @@ def concept_grid(system: System, images: torch.Tensor, concepts: Sequence[int], 
     return save_figure(fig, out)
 
 
+def reconstruction_pairs(system: System, images: torch.Tensor, titles: Sequence[str] | None = None,
+                         out: str | Path | None = None) -> Figure:
+    """Inputs (top row) above their reconstructions x~ = G(Omega(Phi, Phi')) (bottom row): does each
+    reconstruction follow its own input, or only its class? `images` (n, 3, H, W) in [-1, 1]."""
+    with torch.no_grad():
+        rec = system.reconstruct(*system.concepts(images))
+    fig, axes = _new_figure(2, len(images), (1.3 * len(images), 3.0))
+    for j, (x, r) in enumerate(zip(images, rec)):
+        _show(axes[0, j], x, titles[j] if titles else None)
+        _show(axes[1, j], r)
+    axes[0, 0].set_ylabel("input", fontsize=8)
+    axes[1, 0].set_ylabel("reconstruction", fontsize=8)
+    return save_figure(fig, out)
+
+
 def amplification_strip(system: System, images: torch.Tensor, concepts: Sequence[int],
                         lambdas: Sequence[float] = LAMBDAS, titles: Sequence[str] | None = None,
                         out: str | Path | None = None) -> Figure:
@@ -431,8 +446,9 @@ def figures_for_run(run_dir: str | Path, out_dir: str | Path, n_classes_shown: i
 
     For the `n_classes_shown` classes g predicts most often: a concept grid of `n_images` images
     with the class's concepts of r_{k,c} > threshold (else the top_k), amplification strips and
-    Grad-CAM (at `cam_layer`, see `concept_cam`); then the relevance heatmap, training curves, top-N
-    accuracy, faithfulness and factor alignment from metrics.json.
+    Grad-CAM (at `cam_layer`, see `concept_cam`); two images per shown class above their
+    reconstructions; then the relevance heatmap, training curves, top-N accuracy, faithfulness and
+    factor alignment from metrics.json.
     """
     from viscoin_core.eval import load_system_and_test_split
     from viscoin_core.eval.concepts import class_relevance, concept_pool
@@ -457,6 +473,11 @@ def figures_for_run(run_dir: str | Path, out_dir: str | Path, n_classes_shown: i
         figs[f"amplification_{tag}"] = amplification_strip(system, x[:2], concepts[:1], out=out_dir / f"amplification_{tag}")
         figs[f"grad_cam_{tag}"] = grad_cam_figure(system, x[:2], concepts, layer=cam_layer,
                                                   out=out_dir / f"grad_cam_{tag}")
+    pairs = [i for c in shown for i in best_images_of_class(cp.predicted, cp.labels, c, 2)]
+    if pairs:
+        figs["reconstructions"] = reconstruction_pairs(
+            system, torch.stack([test[int(cp.images_index[i])][0] for i in pairs]).to(device),
+            [names[int(cp.labels[i])][:12] for i in pairs], out=out_dir / "reconstructions")
     log = run_dir / "log.jsonl"
     if log.exists():
         figs["training_curves"] = training_curves(log, smooth=5, out=out_dir / "training_curves")
