@@ -13,7 +13,9 @@ to 3x3, two fully connected layers with ReLU) giving Phi', which only helps reco
 96 px layer4's grid is smaller than 3x3 (1x1 at 32 px): the pooling then copies one vector into all
 nine cells, so neither Phi nor Phi' has a spatial layout, and where the bird stands must survive
 as channel values that the class losses are free to discard. 'layer2' (4x4 at 32 px) keeps the
-layout: coarser taps are upsampled (nearest) to it before their convolution.
+layout: coarser taps are upsampled (nearest) to it before their convolution. (On the 32 px toybirds
+that carried more of the bird's position into Omega's input, but did not make reconstructions
+follow their inputs more: results/mini/README.md.)
 
 Omega has one fully connected layer per style vector of G. Vectors with index < coarse_layer or
 > mid_layer read Phi'; those in [coarse_layer, mid_layer] read the flattened Phi. The output is added
