@@ -1,4 +1,4 @@
-"""Shared test fixtures. `../shared` (golden vectors, layouts) sits beside the checkout, in CI too."""
+"""Shared test fixtures. Golden vectors and layouts are files in tests/fixtures/ (see its README)."""
 
 from pathlib import Path
 
@@ -6,14 +6,12 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+FIXTURES = ROOT / "tests" / "fixtures"
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.fail(f"{SHARED} is missing: the golden fixtures live in ../shared beside the checkout")
-    return SHARED
+def fixtures_dir() -> Path:
+    return FIXTURES
 
 
 @pytest.fixture(autouse=True)

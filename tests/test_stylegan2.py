@@ -28,8 +28,8 @@ MICRO_D = small_discriminator_kwargs(resolution=8, channel_base=32, channel_max=
 
 
 @pytest.fixture(scope="module", params=GOLDEN)
-def golden(request, shared_dir):
-    data = torch.load(shared_dir / "fixtures" / request.param, weights_only=True)
+def golden(request, fixtures_dir):
+    data = torch.load(fixtures_dir / request.param, weights_only=True)
     G = Generator(**data["G_kwargs"])
     G.load_state_dict(data["G_state_dict"], strict=True)
     D = Discriminator(**data["D_kwargs"])
@@ -75,8 +75,8 @@ def test_golden_discriminator(golden):
         assert close(D(io["img_const"] * 10, None), io["d_logits_on_img_const_x10"])
 
 
-def test_paper256_layout(shared_dir):
-    layout = json.loads((shared_dir / "fixtures" / "stylegan2_paper256_layout.json").read_text())
+def test_paper256_layout(fixtures_dir):
+    layout = json.loads((fixtures_dir / "stylegan2_paper256_layout.json").read_text())
     g_kwargs, d_kwargs = paper256_kwargs()
     G, D = Generator(**g_kwargs), Discriminator(**d_kwargs)
     for net, key in ((G, "G"), (D, "D")):
