@@ -261,6 +261,12 @@ def inception_extractor(device: str | torch.device = "cpu") -> Callable[[torch.T
     """
     from torchmetrics.image.fid import NoTrainInceptionV3
     cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS
+    if cached.is_file():   # torch-fidelity unpickles the file in full: make sure it holds only tensors
+        try:
+            torch.load(cached, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise WeightsUnavailable(f"{cached} is not a plain weights file ({type(err).__name__}: {err}); "
+                                     f"replace it with torch-fidelity's {INCEPTION_WEIGHTS}") from err
     try:
         net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
                                  feature_extractor_weights_path=str(cached) if cached.is_file() else None)
