@@ -1,7 +1,9 @@
 """The table batch: validation before work, skip/resume, failures reported, mean ± std, published column."""
 
+import dataclasses
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
@@ -12,18 +14,38 @@ from viscoin_core import batch
 from viscoin_core.config import ConfigError
 
 TOY_NOTEBOOK = [
-    ("parameters", 'x = 1.0\nfail = False\nreads = ""\nwait_s = 0.0\nrun_dir = "runs/toy"\nseed = 0'),
-    (None, "import json, os, time\nos.chdir('..')\nassert not fail, 'asked to fail'\n"
-           "assert not reads or os.path.exists('runs/smoke/toy/a/seed0/metrics.json'), 'ran before a'\n"
-           "time.sleep(wait_s)\nos.makedirs(run_dir, exist_ok=True)\n"
+    ("parameters", 'params_file = ""\nrun_dir = "runs/toy"\noverrides = {}'),
+    (None, "import json, os, time\nimport yaml\nos.chdir('..')\n"
+           "p = {**ToyDefaults, **yaml.safe_load(open(params_file)), **overrides}\n"
+           "assert not p['fail'], 'asked to fail'\n"
+           "assert not p['reads'] or os.path.exists('runs/smoke/toy/a/seed0/metrics.json'), 'ran before a'\n"
+           "time.sleep(p['wait_s'])\nos.makedirs(run_dir, exist_ok=True)\n"
            "open('runs/executed.txt', 'a').write(run_dir + '\\n')\n"
-           "json.dump({'score': x * 2 + seed, 'fid_features': 'classifier'}, open(run_dir + '/metrics.json', 'w'))"),
+           "json.dump({'score': p['x'] * 2 + p['seed'], 'fid_features': 'classifier'}, open(run_dir + '/metrics.json', 'w'))"),
 ]
+
+
+@dataclass
+class ToyConfig:
+    """The toy notebook's config: the batch validates each row file against it before any work."""
+    x: float = 1.0
+    fail: bool = False
+    reads: str = ""
+    wait_s: float = 0.0
+    seed: int = 0
+
+
+@pytest.fixture(autouse=True)
+def toy_config_class(monkeypatch):
+    real = batch.config_class
+    monkeypatch.setattr(batch, "config_class", lambda stem: ToyConfig if stem == "toy" else real(stem))
 
 
 def make_project(root: Path) -> Path:
     nb = nbformat.v4.new_notebook()
     for tag, source in TOY_NOTEBOOK:
+        if tag is None:   # the toy's defaults, as a dataclass's would be
+            source = f"ToyDefaults = {dataclasses.asdict(ToyConfig())!r}\n" + source
         cell = nbformat.v4.new_code_cell(source)
         if tag:
             cell.metadata["tags"] = [tag]
@@ -46,7 +68,14 @@ def make_project(root: Path) -> Path:
 def test_notebook_parameters_are_read_from_the_tagged_cell(tmp_path):
     root = make_project(tmp_path)
     assert batch.notebook_parameters(root / "notebooks" / "toy.ipynb") == {
-        "x": 1.0, "fail": False, "reads": "", "wait_s": 0.0, "run_dir": "runs/toy", "seed": 0}
+        "params_file": "", "run_dir": "runs/toy", "overrides": {}}
+
+
+def test_a_row_gets_its_file_run_directory_and_seed_and_nothing_else(tmp_path):
+    root = make_project(tmp_path)
+    run = [r for r in batch.plan("toytable", "smoke", root=root) if r.label == "A"][1]
+    assert batch.notebook_inputs(run) == {"params_file": "params/smoke/a.yaml", "run_dir": "runs/smoke/toy/a/seed1",
+                                          "overrides": {"seed": 1}}
 
 
 def test_unknown_key_fails_before_any_work_naming_key_and_file(tmp_path):

@@ -74,12 +74,3 @@ def test_extends_merges_base_and_detects_cycles(tmp_path):
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(Example, tmp_path / "a.yaml")
-
-
-def test_from_namespace_takes_only_config_fields():
-    from viscoin_core.config import from_namespace
-    namespace = {"cache_dir": "c", "steps": 3, "run_dir": "runs/x", "__name__": "__main__"}
-    cfg = from_namespace(Example, namespace)
-    assert (cfg.cache_dir, cfg.steps) == ("c", 3)
-    with pytest.raises(ConfigError, match="notebook parameters.*steps"):
-        from_namespace(Example, {"cache_dir": "c", "steps": "3"})

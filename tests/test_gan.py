@@ -33,7 +33,7 @@ class TinyImages(torch.utils.data.Dataset):
 
 
 def tiny_config(**overrides) -> gan.GanConfig:
-    params = dict(data="unused.yaml", start="scratch", kimg=0.016, w_dim=16, channel_base=128, channel_max=16,
+    params = dict(data="unused.yaml", start="scratch", arch="small", ema_rampup=0.05, fid_features="classifier", kimg=0.016, w_dim=16, channel_base=128, channel_max=16,
                   mapping_layers=1, batch=4, mbstd_group=2, fid_images=0, r1_interval=2, pl_interval=2,
                   snapshot_kimg=0.008, grid_size=2, ema_kimg=0.01, augment_p=0.2, ada_kimg=1.0, ada_interval=1,
                   log_every=1)
@@ -188,7 +188,7 @@ def test_bad_parameters_are_rejected():
     with pytest.raises(ConfigError, match="ada_target"):
         tiny_config(ada_target=1.0)
     with pytest.raises(ConfigError, match="fid_classifier"):
-        tiny_config(fid_images=100)
+        tiny_config(fid_images=100, fid_features="classifier")
     with pytest.raises(ConfigError, match="start"):
         gan.start_networks(tiny_config(start="weights/none/missing.pkl"), RES)
 

@@ -108,19 +108,16 @@ def config_class(notebook_stem: str) -> type | None:
 
 
 def check_row(notebook: Path, params_file: Path, params: dict) -> None:
-    """Fail before any work when a parameter file names a key the notebook does not take, or a bad value."""
-    allowed = notebook_parameters(notebook)
+    """Fail before any work when a row's file names a key its stage's config lacks, or a bad value.
+
+    A row runs exactly its file over the config's defaults (the paper's values): the notebook takes
+    only `params_file`, `run_dir` and `overrides`, so none of its own values can leak in.
+    """
     cls = config_class(notebook.stem)
-    names = {f.name for f in fields(cls)} if cls is not None else set()
-    # A notebook takes the keys of its parameters cell and every field of its config class (the
-    # cell shows the main ones; papermill injects the rest as variables the config cell picks up).
-    unknown = sorted(set(params) - set(allowed) - names)
-    if unknown:
-        raise ConfigError(f"{params_file}: unknown parameter(s) {unknown} for notebook {notebook.name}; "
-                          f"it takes {sorted(set(allowed) | names)}")
-    if cls is not None:
-        merged = {**allowed, **params}
-        parse_config(cls, {k: v for k, v in merged.items() if k in names}, source=str(params_file))
+    if cls is None:
+        raise ConfigError(f"{params_file}: notebook {notebook.name} has no config class in NOTEBOOK_CONFIGS, "
+                          "so a table cannot run it")
+    parse_config(cls, params, source=str(params_file))
 
 
 def plan(table: str, profile: str, seeds: int | None = None, tables: dict | None = None,
@@ -150,19 +147,24 @@ def plan(table: str, profile: str, seeds: int | None = None, tables: dict | None
 # ---------------------------------------------------------------------------------------------
 # Executing
 
+def notebook_inputs(run: Run) -> dict:
+    """What papermill injects into a row's notebook: its parameter file, run directory and seed, and,
+    for notebooks that show their row beside the published one, which row that is."""
+    root = run.notebook.parents[1]
+    inputs = {"params_file": str(run.params_file.relative_to(root)), "run_dir": str(run.run_dir.relative_to(root)),
+              "overrides": {"seed": run.seed}}
+    if "results_table" in notebook_parameters(run.notebook):
+        inputs.update(results_table=run.table, published_row=run.published_row)
+    return inputs
+
+
 def execute(run: Run) -> Path:
     """Run one notebook with papermill into its run directory; returns the executed notebook's path."""
     import papermill
 
     run.run_dir.mkdir(parents=True, exist_ok=True)
-    root = run.notebook.parents[1]
     output = run.run_dir / f"{run.notebook.stem}.ipynb"
-    parameters = {**run.params, "run_dir": str(run.run_dir.relative_to(root)), "seed": run.seed}
-    # Notebooks that show their row beside the published one learn which row they are making.
-    takes = notebook_parameters(run.notebook)
-    if "results_table" in takes:
-        parameters.update(results_table=run.table, published_row=run.published_row)
-    papermill.execute_notebook(str(run.notebook), str(output), parameters=parameters,
+    papermill.execute_notebook(str(run.notebook), str(output), parameters=notebook_inputs(run),
                                cwd=str(run.notebook.parent), progress_bar=False, kernel_name="python3")
     return output
 
@@ -174,6 +176,19 @@ def execute_in_worker(run: Run) -> Path:
         return execute(run)
     except Exception as err:  # noqa: BLE001  (re-raised with its text)
         raise RuntimeError(f"{type(err).__name__}: {err}".strip()) from None
+
+
+def run_config(run: Run) -> Any:
+    """The validated config a run executes: its file over the config's defaults, with its seed."""
+    return parse_config(config_class(run.notebook.stem), {**run.params, "seed": run.seed}, source=str(run.params_file))
+
+
+def preflight_check(runs: list[Run], profile: str, root: Path, step_times: dict | None = None) -> tuple[list, list]:
+    """`preflight.check` on planned runs, each run once (a row several tables share is planned once per table)."""
+    from viscoin_core import preflight
+    unique = list({(r.params_file, r.seed): r for r in runs}.values())
+    stage_of = lambda run: run.run_dir.parents[1].name   # runs/<profile>/<stage>/<stem>/seed<k>
+    return preflight.check(unique, profile, run_config, stage_of, root, step_times)
 
 
 def make_executor(kind: str, folder: Path, cluster: str | None = None, **slurm: Any):
@@ -410,6 +425,10 @@ def run_tables(names: list[str], profile: str, seeds: int | None = None, force: 
     root = root or repo_root()
     tables = load_tables(root / "params" / "tables.yaml")
     planned = {name: plan(name, profile, seeds, tables, root) for name in names if name != "table8"}
+    problems, _ = preflight_check([run for runs in planned.values() for run in runs], profile, root)
+    if problems:
+        raise ConfigError(f"{len(problems)} problem(s) found before any work (all of them: --check):\n  "
+                          + "\n  ".join(problems))
     status = run_all([run for runs in planned.values() for run in runs], force=force, executor=executor, jobs=jobs)
     out_dir = root / "results" / profile
     written = {}
@@ -449,6 +468,20 @@ def run_figures(profile: str, root: Path | None = None) -> Path:
     return out_dir
 
 
+def check_main(names: list[str], profile: str, seeds: int | None, step_times: str | None) -> int:
+    """`--check`: print the plan and every problem; 1 when anything is missing, else 0."""
+    from viscoin_core.preflight import read_step_times
+    root = repo_root()
+    runs = [run for name in names if name != "table8" for run in plan(name, profile, seeds, root=root)]
+    problems, lines = preflight_check(runs, profile, root, read_step_times(step_times))
+    print(f"plan for {' '.join(names)} --profile {profile}:\n  " + "\n  ".join(lines))
+    if problems:
+        print(f"\n{len(problems)} problem(s):\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 1
+    print("\nready: every input is present or made by an earlier row")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m viscoin_core.batch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -462,6 +495,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slurm-partition", default=None, help="slurm: partition to submit to")
     parser.add_argument("--slurm-gpus", type=int, default=1, help="slurm: GPUs per row")
     parser.add_argument("--slurm-hours", type=float, default=48.0, help="slurm: time limit per row")
+    parser.add_argument("--check", action="store_true",
+                        help="check every row's inputs, weights, GPU and disk, print the plan, and stop")
+    parser.add_argument("--step-times", default=None, metavar="FILE",
+                        help="with --check: `python -m viscoin_core.bench` output, for the plan's hours")
     args = parser.parse_args(argv)
     slurm = {"gpus_per_node": args.slurm_gpus, "timeout_min": int(args.slurm_hours * 60), "cpus_per_task": 8}
     if args.slurm_partition:
@@ -470,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"figures: {run_figures(args.profile)}")
         return 0
     names = [*NUMBERED_TABLES, "table8"] if args.table == "all" else [args.table]
+    if args.check:
+        return check_main(names, args.profile, args.seeds, args.step_times)
     executor = make_executor(args.executor, repo_root() / "runs" / args.profile / "slurm", **slurm)
     failed = []
     for name, (path, status) in run_tables(names, args.profile, args.seeds, args.force, executor=executor,

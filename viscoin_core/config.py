@@ -192,13 +192,3 @@ def repo_root(start: str | Path | None = None) -> Path:
         if (folder / "pyproject.toml").is_file() and (folder / "viscoin_core").is_dir():
             return folder
     return Path(__file__).resolve().parents[1]
-
-
-def from_namespace(cls: type, namespace: Mapping[str, Any], source: str = "notebook parameters") -> Any:
-    """A notebook's first code cell: build `cls` from the flat variables its parameters cell set.
-
-    Only names that are fields of `cls` are taken (a notebook may also set `run_dir` and display
-    options); papermill's injected values override the defaults because they are assigned later.
-    """
-    names = {f.name for f in dataclasses.fields(cls)}
-    return parse_config(cls, {k: v for k, v in namespace.items() if k in names}, source=source)

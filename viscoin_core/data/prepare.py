@@ -40,7 +40,7 @@ class DataConfig:
     dataset: str = param(choices=DATASETS, help="which reader: cub, nct, folder, or a synthetic stand-in")
     root: str = param(help="raw dataset folder; for toybirds/toytissue, where the generated tree is written")
     cache_dir: str = param(help="where the resized cache and manifest.json go")
-    resolution: int = param(64, low=8, high=1024, help="side of the cached square images, pixels")
+    resolution: int = param(256, low=8, high=1024, help="side of the cached square images, pixels")
     crop: str = param("center", choices=CROPS, help="CUB layout only: study (random 256 px window), center, bbox")
     bbox_margin: float = param(0.1, low=0.0, high=1.0, help="bbox crop: margin on each side, fraction of the box's long side")
     seed: int = param(0, low=0, help="seeds synthetic generation, the study crop and folder splits")

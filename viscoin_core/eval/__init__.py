@@ -45,7 +45,8 @@ def evaluate(run_dir: str | Path, n_images: int | None = None, device: str = "cp
     searched for consistency's most activating samples (default: n_images). faithfulness uses at
     most `faithfulness_images` of the evaluated test images; consistency at most
     `consistency_samples` per split and concept, and a random subset of `consistency_concepts`
-    eligible concepts (None = all). fid_features / lpips_backbone default to the run's config.
+    eligible concepts (default: the run's `consistency_concepts`; all when that is null too).
+    fid_features / lpips_backbone default to the run's config.
     Keys already in metrics.json that are not recomputed (e.g. the trainer's) are kept.
     Also writes relevance.pt ({'r_kc', 'class_names'}) beside it for the figures.
     """
@@ -63,6 +64,7 @@ def evaluate(run_dir: str | Path, n_images: int | None = None, device: str = "cp
     fid_features = fid_features or cfg.fid_features
     lpips_backbone = lpips_backbone or cfg.lpips_backbone
     n_images = n_images or cfg.eval_images
+    consistency_concepts = consistency_concepts or cfg.consistency_concepts
     lpips_net = M.build_lpips(lpips_backbone, device)
     extractor = (M.inception_extractor(device) if fid_features == "inception"
                  else M.classifier_extractor(system.f, device))

@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faithfulness-images", type=int, default=1000)
     parser.add_argument("--consistency-samples", type=int, default=100)
     parser.add_argument("--consistency-concepts", type=int, default=None,
-                        help="evaluate consistency on this many random eligible concepts (default: all)")
+                        help="evaluate consistency on this many random eligible concepts (default: the run's consistency_concepts; all when unset)")
     parser.add_argument("--fid-features", choices=["inception", "classifier"], default=None,
                         help="default: the run's config")
     parser.add_argument("--lpips-backbone", choices=["vgg", "random"], default=None, help="default: the run's config")

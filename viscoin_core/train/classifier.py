@@ -38,7 +38,7 @@ class ClassifierConfig:
     """Parameters of one f fine-tuning run (Table 1)."""
     data: str = param(help="data-stage parameter file (e.g. params/smoke/data_toytissue.yaml), relative to the repo root")
     arch: str = param("resnet50", help="torchvision ResNet name (resnet18, resnet50, ...)")
-    pretrained: bool = param(False, help="start from torchvision's ImageNet weights (needs them cached or a connection)")
+    pretrained: bool = param(True, help="start from torchvision's ImageNet weights (the study) (needs them cached or a connection)")
     init_from: str | None = param(None, help="optional f.pt (or run directory) to start from; its class count must match")
     epochs: int = param(30, low=1)
     batch_size: int = param(32, low=1)

@@ -99,7 +99,9 @@ class ViscoinConfig:
     eval_subset: int = param(256, low=1, help="test images in the cheap evaluation")
     final_eval_images: int = param(0, low=0, help="test images of the final evaluation (0: all; else a seeded random subset)")
     eval_images: int | None = param(None, low=1, help="test images of the full evaluation that follows training "
-                                    "(notebooks 04-05, every metric of DESIGN 6); null = all. Training ignores it")
+                                    "(notebooks 04-06, every metric of metrics.json); null = all. Training ignores it")
+    consistency_concepts: int | None = param(None, low=1, help="concepts whose consistency that evaluation measures "
+                                             "(a seeded random choice of the eligible ones); null = all eligible")
     checkpoint_every: int = param(1000, low=1, help="iterations between checkpoints")
     lpips_backbone: str = param("vgg", choices=("vgg", "random"), help="'random' needs no download (not comparable)")
     fid_features: str = param("inception", choices=("inception", "classifier"), help="FID/KID features of the final evaluation")
@@ -125,6 +127,14 @@ def as_config(config: ViscoinConfig | Mapping[str, Any] | str | Path) -> Viscoin
     if isinstance(config, (str, Path)):
         return load_config(ViscoinConfig, config)
     return parse_config(ViscoinConfig, config)
+
+
+def summary(cfg: ViscoinConfig) -> str:
+    """Three lines a notebook prints before training: concepts and layers, loss weights, budget."""
+    return (f"K = {cfg.n_concepts} concepts; style vectors {cfg.coarse_layer}..{cfg.mid_layer} read Phi, the others Phi'\n"
+            f"loss weights: alpha {cfg.alpha}, beta {cfg.beta}, gamma {cfg.gamma}, delta {cfg.delta} "
+            f"({cfg.sparsity} sparsity)\n"
+            f"w-bar: {cfg.w_bar}; {cfg.iterations} iterations of {cfg.batch_real} real + {cfg.batch_fake} synthetic images")
 
 
 def _resolve(path: str) -> Path:
