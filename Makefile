@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROFILE ?= demo
 JOBS ?= 2          # rows run side by side, each notebook kernel with cores/JOBS threads
 
-.PHONY: test demo mini venv bench clean-venv
+.PHONY: test demo mini rehearsal gpu-check venv bench clean-venv
 
 venv: $(STAMP)
 
@@ -34,6 +34,17 @@ demo: $(STAMP)
 
 mini:
 	$(MAKE) demo PROFILE=mini
+
+# Every table and the figures at the paper's sizes (256 px, ResNet-50, paper256 G, K = 256) on a CPU,
+# with tiny budgets and made-up inputs in the real formats (viscoin_core/rehearsal.py).
+rehearsal: $(STAMP)
+	$(PY) -m viscoin_core.rehearsal >/dev/null
+	$(MAKE) demo PROFILE=rehearsal JOBS=1
+
+# What a machine lent a GPU runs first: device, paper-size step times on CUDA, the rehearsal's
+# Table 3 row on CUDA against the same row on the CPU. Without a GPU: the CPU half.
+gpu-check: $(STAMP)
+	$(PY) -m viscoin_core.gpu_check
 
 clean-venv:
 	rm -rf $(VENV)

@@ -88,7 +88,7 @@ def test_unknown_key_fails_before_any_work_naming_key_and_file(tmp_path):
         batch.plan("nosuch", "smoke", root=root)
 
 
-def test_table_has_mean_std_published_and_marks_the_failed_row(tmp_path, monkeypatch):
+def test_table_has_mean_std_published_and_marks_the_failed_row(tmp_path, monkeypatch, capfd):
     root = make_project(tmp_path)
     monkeypatch.setattr(batch, "published_numbers", lambda: yaml.safe_load(
         (root / "params" / "reference_numbers.yaml").read_text()))
@@ -105,6 +105,10 @@ def test_table_has_mean_std_published_and_marks_the_failed_row(tmp_path, monkeyp
     assert (root / "runs/smoke/toy/a/seed0/toy.ipynb").exists()
     csv = (root / "results/smoke/toytable.csv").read_text()
     assert "score x10 (published)" in csv
+
+    # The terminal shows no papermill parse warnings and no kernel transport warnings.
+    err = capfd.readouterr().err
+    assert "without encryption" not in err and "Unable to parse" not in err and "unknown parameter" not in err
 
     # A second pass skips what is finished and reruns only the failed row.
     _, again = batch.run_table("toytable", "smoke", root=root)

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from viscoin_core.config import ConfigError, load_config, param, parse_config, repo_root, to_dict
+from viscoin_core.config import ConfigError, load_config, param, parse_config, read_params, repo_root, to_dict
 
 
 @dataclass
@@ -74,3 +74,13 @@ def test_extends_merges_base_and_detects_cycles(tmp_path):
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(Example, tmp_path / "a.yaml")
+
+
+def test_extends_a_list_merges_in_order(tmp_path):
+    (tmp_path / "a.yaml").write_text("cache_dir: a\nsteps: 1\nlr: 0.5\n")
+    (tmp_path / "b.yaml").write_text("steps: 2\n")
+    (tmp_path / "row.yaml").write_text("extends: [a.yaml, b.yaml]\nlr: 0.25\n")
+    assert read_params(tmp_path / "row.yaml") == {"cache_dir": "a", "steps": 2, "lr": 0.25}
+    (tmp_path / "bad.yaml").write_text("extends: [a.yaml, 3]\n")
+    with pytest.raises(ConfigError, match="bad.yaml.*extends"):
+        read_params(tmp_path / "bad.yaml")

@@ -66,6 +66,16 @@ def test_a_notebook_stepped_through_runs_the_file_its_cell_names(notebook, cls, 
     assert to_dict(executed) == to_dict(load_config(cls, ROOT / cell["params_file"]))
 
 
+@pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.stem)
+def test_papermill_reads_every_parameter_of_the_cell(notebook, caplog):
+    # A line papermill cannot parse is dropped from its parameters and warned about on every run
+    # ("Unable to parse line", then "Passed unknown parameter" when the batch sets it).
+    from papermill.inspection import inspect_notebook
+    with caplog.at_level("WARNING"):
+        names = set(inspect_notebook(str(notebook)))
+    assert names == set(batch.notebook_parameters(notebook)) and not caplog.records
+
+
 def test_notebook_06_trains_the_same_run_notebook_04_makes():
     # 06 trains notebook 04's run directory when it is missing; with another file 04 would refuse to resume it.
     n04 = batch.notebook_parameters(ROOT / "notebooks" / "04_cub_reproduction.ipynb")
@@ -142,3 +152,31 @@ def test_paper_classifier_and_generator_rows_have_the_studys_settings():
         published = REFERENCE["table2_generator"][row]
         assert cfg.kimg * 1000 == float(published["real_images"]), row
         assert cfg.start == SETTINGS["generator_start"][published["start"]], row
+
+
+# What a rehearsal row may change: budgets, and the inputs this machine cannot have (data trees,
+# network pickles, downloaded weights replaced by the same architectures with random weights).
+REHEARSAL_BUDGETS = {"epochs", "kimg", "snapshot_kimg", "iterations", "eval_every", "eval_subset", "checkpoint_every",
+                     "final_eval_images", "eval_images", "consistency_concepts", "fid_images", "log_every",
+                     "workers", "num_workers", "batch_gpu"}
+REHEARSAL_INPUTS = {"data", "root", "cache_dir", "f", "G", "start", "pretrained", "lpips_backbone", "fid_features"}
+
+
+def stage_class(name: str) -> type:
+    from viscoin_core.data.prepare import DataConfig
+    return {"data": DataConfig, "classifier": ClassifierConfig, "gan": GanConfig, "viscoin": ViscoinConfig}[name.split("_")[0]]
+
+
+@pytest.mark.parametrize("path", sorted(p for p in (ROOT / "params" / "rehearsal").glob("*.yaml")
+                                        if not p.name.startswith("budget")), ids=lambda p: p.name)
+def test_a_rehearsal_row_is_its_paper_row_with_only_budgets_and_inputs_changed(path):
+    cls = stage_class(path.stem)
+    rehearsal = to_dict(load_config(cls, path))
+    paper = to_dict(load_config(cls, ROOT / "params" / "paper" / path.name))
+    changed = {k for k in paper if paper[k] != rehearsal[k]}
+    assert changed <= REHEARSAL_BUDGETS | REHEARSAL_INPUTS, changed - REHEARSAL_BUDGETS - REHEARSAL_INPUTS
+    # Every path it reads is the rehearsal's, never the paper's own data, runs or pickles.
+    reads = {"data": ("root", "cache_dir"), "classifier": ("data",), "gan": ("data", "start"),
+             "viscoin": ("data", "f", "G")}[path.stem.split("_")[0]]
+    for key in reads:
+        assert "rehearsal" in rehearsal[key], (key, rehearsal[key])

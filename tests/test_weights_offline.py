@@ -63,3 +63,13 @@ def test_a_hostile_inception_file_is_refused_before_the_full_unpickle(offline_hu
     with pytest.raises(metrics.WeightsUnavailable, match="not a plain weights file"):
         metrics.inception_extractor()
     assert not marker.exists()
+
+
+def test_random_inception_needs_no_file_and_is_the_same_every_time(offline_hub, monkeypatch):
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+    monkeypatch.setattr(fe, "load_state_dict_from_url", lambda *a, **k: pytest.fail("tried to download"))
+    x = torch.rand(3, 3, 64, 64) * 2 - 1
+    a = metrics.feature_extractor("inception_random")(x)
+    b = metrics.feature_extractor("inception_random")(x)
+    assert a.shape == (3, 2048) and torch.equal(a, b) and a.std() > 0
+    assert not any(offline_hub.iterdir())   # nothing was read from or written to the hub cache

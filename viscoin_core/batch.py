@@ -37,8 +37,12 @@ from tqdm.auto import tqdm
 
 from viscoin_core.config import ConfigError, parse_config, read_params, repo_root
 
-PROFILES = ("smoke", "demo", "mini", "paper")
+PROFILES = ("smoke", "demo", "mini", "paper", "rehearsal")
 NUMBERED_TABLES = tuple(f"table{i}" for i in range(1, 8))
+
+# The kernel's own log (not the notebook's output) at ERROR: ipykernel warns on every start that its
+# localhost TCP sockets are unencrypted, a line per row that says nothing about the row.
+QUIET_KERNEL = ["--IPKernelApp.log_level=ERROR"]
 
 # The config class each notebook turns its parameters into; batch validates a row against it
 # before any work starts, so a mistyped key fails at once with the file named.
@@ -165,7 +169,8 @@ def execute(run: Run) -> Path:
     run.run_dir.mkdir(parents=True, exist_ok=True)
     output = run.run_dir / f"{run.notebook.stem}.ipynb"
     papermill.execute_notebook(str(run.notebook), str(output), parameters=notebook_inputs(run),
-                               cwd=str(run.notebook.parent), progress_bar=False, kernel_name="python3")
+                               cwd=str(run.notebook.parent), progress_bar=False, kernel_name="python3",
+                               extra_arguments=QUIET_KERNEL)
     return output
 
 
@@ -464,7 +469,8 @@ def run_figures(profile: str, root: Path | None = None) -> Path:
                                str(root / run_dir / "06_qualitative_figures.ipynb"),
                                parameters={"run_dir": run_dir, "params_file": f"params/{profile}/viscoin_cub.yaml",
                                            "out_dir": str(out_dir.relative_to(root))},
-                               cwd=str(root / "notebooks"), progress_bar=False, kernel_name="python3")
+                               cwd=str(root / "notebooks"), progress_bar=False, kernel_name="python3",
+                               extra_arguments=QUIET_KERNEL)
     return out_dir
 
 

@@ -129,7 +129,8 @@ def read_params(path: str | Path, _seen: tuple = ()) -> dict:
     """Read a flat YAML parameter file; a missing file or a non-mapping is a ConfigError naming it.
 
     A file may start from another with `extends: other.yaml` (a path relative to its own folder) and
-    override some of its keys: an ablation row is then its base plus the one value it changes.
+    override some of its keys: an ablation row is then its base plus the one value it changes. A list,
+    `extends: [a.yaml, b.yaml]`, merges its files in order (later ones win), then the file's own keys.
     """
     path = Path(path)
     if not path.is_file():
@@ -142,12 +143,13 @@ def read_params(path: str | Path, _seen: tuple = ()) -> dict:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a YAML mapping of parameters, got {type(data).__name__}")
-    base = data.pop("extends", None)
-    if base is None:
-        return data
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: 'extends' = {base!r} must be a file name")
-    merged = read_params(path.parent / base, _seen + (path.resolve(),))
+    bases = data.pop("extends", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: 'extends' = {bases!r} must be a file name or a list of them")
+    merged: dict = {}
+    for base in bases:
+        merged.update(read_params(path.parent / base, _seen + (path.resolve(),)))
     merged.update(data)
     return merged
 

@@ -77,11 +77,20 @@ def data_problem(data_file: str, root: Path) -> tuple[str | None, str, float]:
         return str(err), data_file, 0.0
     if (resolve(data.cache_dir, root) / "manifest.json").is_file() or data.dataset in SYNTHETIC:
         return None, data.cache_dir, 0.0
-    gb = DATASET_IMAGES.get(data.dataset, 0) * data.resolution ** 2 * 3 / 1e9
-    if not resolve(data.root, root).exists():
+    raw = resolve(data.root, root)
+    if not raw.exists():
+        gb = DATASET_IMAGES.get(data.dataset, 0) * data.resolution ** 2 * 3 / 1e9
         return (f"{data_file}: the raw {data.dataset} tree {data.root} does not exist (unpack the dataset there, "
                 "README 'The real data' step 2)"), data.cache_dir, gb
-    return None, data.cache_dir, gb
+    return None, data.cache_dir, count_images(raw) * data.resolution ** 2 * 3 / 1e9
+
+
+def count_images(raw: Path) -> int:
+    """Images in a raw tree (CUB: the lines of images.txt; otherwise image files below it)."""
+    if (raw / "images.txt").is_file():
+        return sum(1 for line in (raw / "images.txt").read_text().splitlines() if line.strip())
+    suffixes = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
+    return sum(1 for path in raw.rglob("*") if path.suffix.lower() in suffixes)
 
 
 def path_problem(key: str, value: str | None, runs: list, root: Path) -> str | None:

@@ -66,8 +66,7 @@ def evaluate(run_dir: str | Path, n_images: int | None = None, device: str = "cp
     n_images = n_images or cfg.eval_images
     consistency_concepts = consistency_concepts or cfg.consistency_concepts
     lpips_net = M.build_lpips(lpips_backbone, device)
-    extractor = (M.inception_extractor(device) if fid_features == "inception"
-                 else M.classifier_extractor(system.f, device))
+    extractor = M.feature_extractor(fid_features, system.f, device)
     stages.update(1)
 
     # One pass over the test images: accuracy, reconstruction metrics, FID features, the concept pool.

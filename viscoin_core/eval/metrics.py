@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"   # torch-fidelity's FID Inception
 VGG16_WEIGHTS = "vgg16-397923af.pth"                               # torchvision's VGG16 for LPIPS-VGG
-FID_FEATURES = ("classifier", "inception")
+FID_FEATURES = ("classifier", "inception", "inception_random")
 LPIPS_BACKBONES = ("vgg", "random")
 
 
@@ -252,14 +252,44 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
-def inception_extractor(device: str | torch.device = "cpu") -> Callable[[torch.Tensor], torch.Tensor]:
+def feature_extractor(features: str, classifier: nn.Module | None = None,
+                      device: str | torch.device = "cpu") -> Callable[[torch.Tensor], torch.Tensor]:
+    """The FID/KID features a config's `fid_features` names: 'inception' (the standard FID network),
+    'inception_random' (its architecture with seeded random weights: the same code path and cost,
+    no download, numbers not comparable) or 'classifier' (f's penultimate features)."""
+    if features not in FID_FEATURES:
+        raise ValueError(f"fid_features {features!r} is not one of {list(FID_FEATURES)}")
+    if features == "classifier":
+        return classifier_extractor(classifier, device)
+    return inception_extractor(device, random_weights=features == "inception_random")
+
+
+def _random_inception() -> nn.Module:
+    """The FID Inception's architecture with weights drawn from seed 0, built without any weights file."""
+    from unittest import mock
+
+    import torch_fidelity.feature_extractor_inceptionv3 as fidelity
+    from torchmetrics.image.fid import NoTrainInceptionV3
+    with torch.random.fork_rng(devices=[]), \
+            mock.patch.object(fidelity, "load_state_dict_from_url", lambda *args, **kwargs: {}), \
+            mock.patch.object(fidelity.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None):
+        torch.manual_seed(0)
+        return NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"])
+
+
+def inception_extractor(device: str | torch.device = "cpu",
+                        random_weights: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """[-1, 1] images -> 2048-d pool3 features of the standard FID Inception (via torchmetrics).
 
     The weights (torch-fidelity's weights-inception-2015-12-05-6726825d.pth) are read from the torch
     hub cache or downloaded there; offline a WeightsUnavailable names the file and the setting
-    (`fid_features: classifier`) that avoids it.
+    (`fid_features: classifier`) that avoids it. `random_weights`: the same network, seeded random
+    weights, nothing read or downloaded.
     """
     from torchmetrics.image.fid import NoTrainInceptionV3
+    if random_weights:
+        net = _random_inception().to(device)
+        return lambda x: net(to_uint8(x).to(device)).reshape(len(x), -1)   # (B, 2048)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS
     if cached.is_file():   # torch-fidelity unpickles the file in full: make sure it holds only tensors
         try:
@@ -356,10 +386,7 @@ def fid_kid(real, fake, features: str = "classifier", classifier: nn.Module | No
 
     Returns {'fid', 'kid', 'kid_std', 'fid_features', 'n_real', 'n_fake'}.
     """
-    if features not in FID_FEATURES:
-        raise ValueError(f"fid_features {features!r} is not one of {list(FID_FEATURES)}")
-    extractor = (inception_extractor(device) if features == "inception"
-                 else classifier_extractor(classifier, device))
+    extractor = feature_extractor(features, classifier, device)
     key = {"fid_features": features, "max_images": max_images,
            "classifier": _classifier_fingerprint(classifier if features == "classifier" else None)}
     real_feats = _read_cache(cache_path, key)

@@ -104,7 +104,9 @@ class GanConfig:
     snapshot_kimg: float = param(100.0, low=0, low_open=True, help="checkpoint, sample grid and FID/KID every this many kimg")
     log_every: int = param(100, low=1, help="steps between log records")
     fid_images: int = param(50000, low=0, help="images per set for FID/KID at snapshots (capped at the training split's size); 0 = none")
-    fid_features: str = param("inception", choices=("classifier", "inception"))
+    fid_features: str = param("inception", choices=("inception", "inception_random", "classifier"),
+                              help="inception: the standard FID; inception_random: its architecture with random "
+                                   "weights (no download, not comparable); classifier: f's penultimate features")
     fid_classifier: str | None = param(None, help="f.pt, f run directory or classifier parameter file (its seed-0 "
                                                   "run is trained when missing); needed for fid_features=classifier")
     grid_size: int = param(8, low=1, high=32, help="sample grids are grid_size x grid_size")
@@ -544,8 +546,7 @@ def fid_snapshot(G_ema, dataset, config: GanConfig, device: torch.device, classi
     """
     from viscoin_core.eval import metrics as M
     n = min(config.fid_images, len(dataset))
-    extractor = (M.inception_extractor(device) if config.fid_features == "inception"
-                 else M.classifier_extractor(classifier, device))
+    extractor = M.feature_extractor(config.fid_features, classifier, device)
     real_feats = torch.load(cache_path, weights_only=True) if cache_path.exists() else None
     if real_feats is None or len(real_feats) != n:
         # A fixed random subset: cached splits are sorted by class, so the first n would miss classes.

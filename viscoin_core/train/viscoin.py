@@ -104,7 +104,8 @@ class ViscoinConfig:
                                              "(a seeded random choice of the eligible ones); null = all eligible")
     checkpoint_every: int = param(1000, low=1, help="iterations between checkpoints")
     lpips_backbone: str = param("vgg", choices=("vgg", "random"), help="'random' needs no download (not comparable)")
-    fid_features: str = param("inception", choices=("inception", "classifier"), help="FID/KID features of the final evaluation")
+    fid_features: str = param("inception", choices=("inception", "inception_random", "classifier"),
+                              help="FID/KID features of the final evaluation (inception_random: no download, not comparable)")
     # speed
     compile: bool = param(False, help="torch.compile f, Psi, G.synthesis and LPIPS (CUDA)")
     amp: str = param("auto", choices=("auto", "off", "bf16"),
@@ -401,13 +402,9 @@ def _cpu_state(module: nn.Module) -> dict:
 def evaluate_images(trainer: Trainer, dataset: Dataset, indices: list[int], batch_size: int,
                     features: str | None = None, desc: str = "eval") -> dict:
     """f and g accuracy, fidelity, MSE, LPIPS, reconstruction identification and the loss terms on dataset[indices];
-    with `features` ('classifier'|'inception') also FID and KID between originals and reconstructions."""
+    with `features` (a `fid_features` value) also FID and KID between originals and reconstructions."""
     from viscoin_core.eval import metrics
-    extractor = None
-    if features == "inception":
-        extractor = metrics.inception_extractor(trainer.device)
-    elif features == "classifier":
-        extractor = metrics.classifier_extractor(trainer.f, trainer.device)
+    extractor = metrics.feature_extractor(features, trainer.f, trainer.device) if features else None
     trainer.train_mode(False)
     f_logits, g_logits, labels, mse, lp, feats_real, feats_rec, thumbs, thumbs_rec = [], [], [], [], [], [], [], [], []
     sums, n = {}, 0
