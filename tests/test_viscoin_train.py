@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from viscoin_core import losses
+from viscoin_core import losses, runs
 from viscoin_core.config import ConfigError, load_config
 from viscoin_core.data import ensure_prepared
 from viscoin_core.eval.metrics import build_lpips
@@ -99,7 +99,7 @@ def test_resume_is_exact(cache_dir, tmp_path):
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     partial = V.train_viscoin(cfg, tmp_path / "resumed", stop_after=1)
     assert partial == {"iteration": 1, "finished": False}
-    assert loop.load_checkpoint(tmp_path / "resumed")["iteration"] == 1
+    assert runs.load_checkpoint(tmp_path / "resumed")["iteration"] == 1
     resumed = V.train_viscoin(cfg, tmp_path / "resumed")
     a = torch.load(tmp_path / "whole" / "viscoin.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "viscoin.pt", weights_only=True)
@@ -107,7 +107,7 @@ def test_resume_is_exact(cache_dir, tmp_path):
         for k in a[part]:
             assert torch.equal(a[part][k], b[part][k]), (part, k)
     assert whole == resumed
-    logs = [loop.read_jsonl(tmp_path / d / "log.jsonl") for d in ("whole", "resumed")]
+    logs = [runs.read_jsonl(tmp_path / d / "log.jsonl") for d in ("whole", "resumed")]
     assert [r["iteration"] for r in logs[0]] == [r["iteration"] for r in logs[1]]
     assert [r.get("total") for r in logs[0]] == [r.get("total") for r in logs[1]]
     final_test = [r for r in logs[0] if r["split"] == "test"][-1]   # 2 test images of different classes
@@ -136,7 +136,7 @@ def test_nan_stops_with_iteration_and_term_after_saving(cache_dir, tmp_path, mon
     monkeypatch.setattr(losses, "sparsity", sparsity_going_bad)
     with pytest.raises(loop.NonFiniteLoss, match=r"'sparsity'.*iteration 2"):
         V.train_viscoin(tiny(cache_dir), tmp_path / "run")
-    ckpt = loop.load_checkpoint(tmp_path / "run")
+    ckpt = runs.load_checkpoint(tmp_path / "run")
     assert ckpt["iteration"] == 2 and all(torch.isfinite(v).all() for v in ckpt["psi"].values())
 
 

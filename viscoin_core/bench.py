@@ -133,7 +133,7 @@ def bench_gan(args: argparse.Namespace) -> None:
     """
     from viscoin_core.config import parse_config
     from viscoin_core.train import gan
-    from viscoin_core.train.loop import pick_device
+    from viscoin_core.runs import pick_device
 
     device = pick_device(args.device)
     cases = [("small", 32, 16), ("small", 64, 16)] if args.size == "smoke" else [("paper256", 256, 16)]
@@ -175,7 +175,7 @@ def bench_classifier(args: argparse.Namespace) -> None:
     import torch.nn.functional as F
 
     from viscoin_core.nets.classifier import build_classifier
-    from viscoin_core.train.loop import pick_device
+    from viscoin_core.runs import pick_device
 
     device = pick_device(args.device)
     cases = [("resnet18", 32, 32), ("resnet18", 64, 32)] if args.size == "smoke" else [("resnet50", 256, 32)]
@@ -207,11 +207,11 @@ def bench_viscoin(args) -> None:
     from viscoin_core.config import parse_config
     from viscoin_core.eval.metrics import build_lpips
     from viscoin_core.nets.stylegan2 import paper256_kwargs
-    from viscoin_core.train import loop
+    from viscoin_core.runs import pick_device
     from viscoin_core.train.viscoin import (Trainer, ViscoinConfig, _random_generator_kwargs, build_f, build_parts,
                                             random_generator, synthetic_z)
 
-    device = loop.pick_device(args.device)
+    device = pick_device(args.device)
     paper = args.size == "paper"
     resolution, n_classes = (256, 200) if paper else (32, 12)
     cfg = parse_config(ViscoinConfig, dict(
@@ -260,7 +260,7 @@ def bench_generator(args) -> None:
     import os
 
     from viscoin_core.nets.stylegan2 import Generator, paper256_kwargs, small_generator_kwargs
-    from viscoin_core.train.loop import pick_device
+    from viscoin_core.runs import pick_device
 
     device = pick_device(args.device)
     paper = args.size == "paper"
@@ -301,11 +301,11 @@ def bench_eval(args) -> None:
     from viscoin_core.eval.metrics import classifier_extractor
     from viscoin_core.nets.stylegan2 import paper256_kwargs
     from viscoin_core.nets.viscoin import reconstruct
-    from viscoin_core.train import loop
+    from viscoin_core.runs import pick_device
     from viscoin_core.train.viscoin import (ViscoinConfig, _random_generator_kwargs, build_f, build_parts,
                                             random_generator)
 
-    device = loop.pick_device(args.device)
+    device = pick_device(args.device)
     paper = args.size == "paper"
     resolution, n_classes, batch = (256, 200, 16) if paper else (32, 12, 16)
     cfg = parse_config(ViscoinConfig, dict(
@@ -358,7 +358,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--allocator", default="keep", choices=["keep", "default"],
                         help="CPU: 'keep' freed memory for reuse, as training does (see loop.keep_freed_memory)")
     args = parser.parse_args(argv)
-    from viscoin_core.train.loop import keep_freed_memory, pick_device
+    from viscoin_core.runs import pick_device
+    from viscoin_core.train.loop import keep_freed_memory
     if pick_device(args.device).type == "cpu" and args.allocator == "keep":
         keep_freed_memory()
     module_name, func_name = BENCHMARKS[args.name].split(":")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 import types
 import typing
 from pathlib import Path
@@ -161,24 +160,9 @@ def load_config(cls: type, path: str | Path | None = None, **overrides: Any) -> 
 
 def to_dict(config: Any) -> dict:
     """A JSON-friendly dict of a config (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
-
-
-def git_commit() -> str | None:
-    """The checkout's commit hash, or None outside a git checkout."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def describe_run(config: Any) -> dict:
-    """Everything a run directory's config.json records: the resolved config, version and commit."""
-    from viscoin_core import __version__
-    return {"config": to_dict(config), "config_class": type(config).__name__,
-            "package_version": __version__, "git_commit": git_commit()}
+    # A JSON round trip: tuples become lists, as config.json will hold them. parse_config admits only
+    # JSON values, so nothing needs converting.
+    return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
 def repo_root(start: str | Path | None = None) -> Path:

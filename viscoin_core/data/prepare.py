@@ -21,7 +21,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from viscoin_core.config import ConfigError, param, parse_config, read_params, repo_root, to_dict
+from viscoin_core.config import ConfigError, param, parse_config, read_params, to_dict
 from viscoin_core.data import synthetic
 from viscoin_core.data.cache import (FORMAT_VERSION, MANIFEST, SPLITS, DataError, RawDataset, array_path,
                                      cache_is_complete, checksum, file_lock, read_manifest, remove_cache, write_manifest)
@@ -29,6 +29,7 @@ from viscoin_core.data.cub import read_cub
 from viscoin_core.data.folder import read_folder
 from viscoin_core.data.nct import TRAIN_DIRS, class_weights, read_nct
 from viscoin_core.data.transforms import CROPS, bbox_box, center_box, crop_resize, load_rgb, study_box
+from viscoin_core.runs import resolve_path
 
 DATASETS = ("cub", "nct", "folder", "toybirds", "toytissue")
 CUB_LIKE = ("cub", "toybirds")  # datasets in CUB's layout, the only ones with bounding boxes and crops
@@ -56,19 +57,13 @@ class DataConfig:
                               f"dataset {self.dataset!r} takes 'center'")
 
 
-def resolve(path: str | Path) -> Path:
-    """A parameter path: absolute as given, else relative to the repository root."""
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else repo_root() / path
-
-
 def as_config(config: DataConfig | Mapping[str, Any] | str | Path) -> DataConfig:
     """A DataConfig from itself, a flat mapping or a YAML parameter file."""
     if isinstance(config, DataConfig):
         return config
     if isinstance(config, (str, Path)):
         path = Path(config)
-        path = path if path.is_file() else resolve(path)  # relative to the repository root, like every path here
+        path = path if path.is_file() else resolve_path(path)  # relative to the repository root, like every path here
         return parse_config(DataConfig, read_params(path), source=str(config))
     return parse_config(DataConfig, dict(config), source="data parameters")
 
@@ -199,7 +194,7 @@ def record(row, array, reason, images, ok, rejected, part, root) -> None:
 def prepare(config: DataConfig | Mapping[str, Any] | str | Path, force: bool = False) -> Path:
     """Build the cache described by `config` (or reuse a matching one); returns the manifest path."""
     config = as_config(config)
-    root, cache_dir = resolve(config.root), resolve(config.cache_dir)
+    root, cache_dir = resolve_path(config.root), resolve_path(config.cache_dir)
     with file_lock(cache_dir.parent / f".{cache_dir.name}.lock"):
         if config.dataset in synthetic.DATASETS:
             with file_lock(root.parent / f".{root.name}.lock"):

@@ -54,7 +54,7 @@ def evaluate(run_dir: str | Path, n_images: int | None = None, device: str = "cp
     from viscoin_core.data import load_split
     from viscoin_core.eval import concepts as C
     from viscoin_core.eval import metrics as M
-    from viscoin_core.train import loop
+    from viscoin_core import runs
 
     run_dir = Path(run_dir)
     stages = tqdm(total=7, desc="evaluate", dynamic_ncols=True)
@@ -138,9 +138,9 @@ def evaluate(run_dir: str | Path, n_images: int | None = None, device: str = "cp
     stages.update(1)
 
     if write:
-        previous = loop.read_metrics(run_dir) or {}
-        loop.write_metrics(run_dir, {**previous, **_json_ready(result)})
-        loop.save_atomic({"r_kc": r_kc, "class_names": class_names}, run_dir / "relevance.pt")
+        previous = runs.read_metrics(run_dir) or {}
+        runs.write_metrics(run_dir, {**previous, **result})   # write_metrics makes it strict JSON
+        runs.save_atomic({"r_kc": r_kc, "class_names": class_names}, run_dir / "relevance.pt")
     stages.update(1)
     stages.close()
     return result
@@ -193,18 +193,3 @@ def _untrained_activations(system, test, index, batch_size: int, seed: int, devi
         _, taps = system.f.forward_taps(x)
         acts.append(pool(system.theta, psi0(taps)[0]).cpu())
     return torch.cat(acts)
-
-
-def _json_ready(value):
-    """Tensors/numpy scalars to floats, dict keys to strings, NaN to null (strict JSON), recursively."""
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if hasattr(value, "item"):
-        return _json_ready(value.item())
-    return value

@@ -117,7 +117,7 @@ def audit(run_dir: str | Path, n_images: int | None = 256, device: str = "cpu", 
     }
     result = {"run_dir": str(run_dir), "n_images": n, "item4_fid_inputs": item4, "item5_faithfulness": item5}
     if write:
-        from viscoin_core.train.loop import write_json_atomic
+        from viscoin_core.runs import write_json_atomic
         write_json_atomic(Path(run_dir) / "audit.json", result)
     return result
 
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    from viscoin_core.train.loop import pick_device
+    from viscoin_core.runs import pick_device
     result = audit(args.run_dir, args.n_images or None, str(pick_device(args.device)), args.batch_size, args.seed)
     print(json.dumps(result, indent=2))
     return 0

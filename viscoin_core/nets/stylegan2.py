@@ -1158,7 +1158,7 @@ _NETWORK_CLASSES = {"Generator": Generator, "Discriminator": Discriminator}
 
 def save_network(module: torch.nn.Module, path: str | Path) -> None:
     """Write a Generator or Discriminator as {'format', 'class_name', 'kwargs', 'state_dict'} (atomic)."""
-    from viscoin_core.train.loop import save_atomic
+    from viscoin_core.runs import save_atomic
 
     if type(module).__name__ not in _NETWORK_CLASSES or not isinstance(module, tuple(_NETWORK_CLASSES.values())):
         raise TypeError(f"save_network takes a Generator or Discriminator, got {type(module).__name__}")

@@ -51,13 +51,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from viscoin_core.config import ConfigError, param, repo_root
+from viscoin_core.config import ConfigError, param
 from viscoin_core.nets import stylegan2
+from viscoin_core.runs import (append_jsonl, load_checkpoint, pick_device, prepare_run_dir, read_jsonl, read_metrics,
+                               resolve_path, save_atomic, truncate_log, write_metrics)
 from viscoin_core.train import augment as ada
 from viscoin_core.train import loop
-from viscoin_core.train.loop import (NonFiniteLoss, append_jsonl, check_finite, load_checkpoint, pick_device,
-                                     prepare_run_dir, read_jsonl, read_metrics, save_atomic, seed_everything,
-                                     truncate_log, write_metrics)
+from viscoin_core.train.loop import NonFiniteLoss, check_finite, seed_everything
 
 AUGMENT_MODES = ("ada", "fixed", "none")
 ARCHS = ("small", "paper256")
@@ -449,13 +449,6 @@ def all_reduce_logs(logs: dict, names: list[str]) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Networks: scratch, official pickle or native checkpoint.
-
-def resolve_path(path: str | Path) -> Path:
-    path = Path(path)
-    if path.is_absolute() or path.exists():
-        return path
-    return repo_root() / path
-
 
 def scratch_networks(config: GanConfig, resolution: int) -> tuple[torch.nn.Module, torch.nn.Module]:
     if config.arch == "paper256":

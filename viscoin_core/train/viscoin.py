@@ -39,7 +39,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from viscoin_core import losses
+from viscoin_core import losses, runs
 from viscoin_core.config import ConfigError, load_config, param, parse_config, to_dict
 from viscoin_core.nets.classifier import build_classifier, load_classifier
 from viscoin_core.nets.viscoin import FUSE_AT_CHOICES, W_BAR_CHOICES, ConceptExtractor, ConceptTranslator, Explainer
@@ -127,12 +127,6 @@ def as_config(config: ViscoinConfig | Mapping[str, Any] | str | Path) -> Viscoin
     return parse_config(ViscoinConfig, config)
 
 
-def _resolve(path: str) -> Path:
-    from viscoin_core.config import repo_root
-    p = Path(path)
-    return p if p.is_absolute() else repo_root() / p
-
-
 # ---------------------------------------------------------------------------------------------
 # Data: a batch stream that is a pure function of (seed, iteration)
 
@@ -186,9 +180,9 @@ def load_data(cfg: ViscoinConfig):
     from viscoin_core.data import load_split
     if cfg.data:
         from viscoin_core.data.prepare import ensure_prepared
-        cache_dir = ensure_prepared(str(_resolve(cfg.data)))
+        cache_dir = ensure_prepared(str(runs.resolve_path(cfg.data)))
     else:
-        cache_dir = _resolve(cfg.cache_dir)
+        cache_dir = runs.resolve_path(cfg.cache_dir)
     return load_split(cache_dir, "train", augment=True), load_split(cache_dir, "test"), Path(cache_dir)
 
 
@@ -228,7 +222,7 @@ def build_f(cfg: ViscoinConfig, n_classes: int) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             return freeze(build_classifier(cfg.f_arch, n_classes=n_classes))
-    f = load_classifier(_resolve(cfg.f))
+    f = load_classifier(runs.resolve_path(cfg.f))
     if f.n_classes != n_classes:
         raise ConfigError(f"parameter 'f' = {cfg.f!r}: this classifier has {f.n_classes} classes but the data has "
                           f"{n_classes}; expected a classifier trained on this dataset")
@@ -238,7 +232,7 @@ def build_f(cfg: ViscoinConfig, n_classes: int) -> nn.Module:
 def load_generator_file(path: str) -> nn.Module:
     """G from a native G.pt (file or run directory) or an official network pickle (its G_ema)."""
     from viscoin_core.nets.stylegan2 import load_generator
-    path = _resolve(path)
+    path = runs.resolve_path(path)
     return freeze(load_generator(path / "G.pt" if path.is_dir() else path))
 
 
@@ -461,11 +455,11 @@ def train_viscoin(config: ViscoinConfig | Mapping[str, Any] | str | Path, run_di
     interruption would); calling again resumes. A finished run returns its metrics.json.
     """
     cfg = as_config(config)
-    run_dir = loop.prepare_run_dir(run_dir, cfg)
-    done = loop.read_metrics(run_dir)
+    run_dir = runs.prepare_run_dir(run_dir, cfg)
+    done = runs.read_metrics(run_dir)
     if done is not None and (run_dir / FINAL).exists():
         return done
-    device = loop.pick_device(cfg.device)
+    device = runs.pick_device(cfg.device)
     if device.type == "cpu":
         loop.keep_freed_memory()   # halves a CPU step; see its docstring
     loop.seed_everything(cfg.seed)
@@ -477,10 +471,10 @@ def train_viscoin(config: ViscoinConfig | Mapping[str, Any] | str | Path, run_di
     trainer = Trainer(cfg, f, G, parts, build_lpips(cfg.lpips_backbone), device)
 
     start = 0
-    ckpt = loop.load_checkpoint(run_dir)
+    ckpt = runs.load_checkpoint(run_dir)
     if ckpt is not None:
         start = trainer.restore(ckpt)
-        loop.truncate_log(run_dir / "log.jsonl", start)
+        runs.truncate_log(run_dir / "log.jsonl", start)
         del ckpt
     stop = cfg.iterations if stop_after is None else min(cfg.iterations, stop_after)
     eval_idx = _eval_indices(len(test_set), cfg.eval_subset, cfg.seed)
@@ -502,13 +496,13 @@ def train_viscoin(config: ViscoinConfig | Mapping[str, Any] | str | Path, run_di
         try:
             terms = trainer.step(x_real, z, it)
         except loop.NonFiniteLoss:
-            loop.save_atomic(trainer.state(it, rng_before), run_dir / loop.CHECKPOINT)
+            runs.save_atomic(trainer.state(it, rng_before), run_dir / runs.CHECKPOINT)
             raise
         done_its = it + 1
         bar.update(1)
         if done_its % cfg.log_every == 0 or done_its == cfg.iterations:
             now = time.perf_counter()
-            loop.append_jsonl(log_path, {"iteration": done_its, "split": "train", "lr": learning_rate(cfg, it),
+            runs.append_jsonl(log_path, {"iteration": done_its, "split": "train", "lr": learning_rate(cfg, it),
                                          "seconds_per_iteration": (now - tic) / cfg.log_every, **terms})
             tic = now
             bar.set_postfix(loss=f"{terms['total']:.4f}")
@@ -516,25 +510,25 @@ def train_viscoin(config: ViscoinConfig | Mapping[str, Any] | str | Path, run_di
             rng = loop.rng_state()
             result = evaluate_images(trainer, test_set, eval_idx, eval_batch, desc="test subset")
             loop.set_rng_state(rng)   # evaluation must not shift the training stream
-            loop.append_jsonl(log_path, {"iteration": done_its, "split": "test", **result})
+            runs.append_jsonl(log_path, {"iteration": done_its, "split": "test", **result})
         if done_its % cfg.checkpoint_every == 0 or done_its == stop:
-            loop.save_atomic(trainer.state(done_its, loop.rng_state()), run_dir / loop.CHECKPOINT)
+            runs.save_atomic(trainer.state(done_its, loop.rng_state()), run_dir / runs.CHECKPOINT)
     bar.close()
     if stop < cfg.iterations:
         return {"iteration": stop, "finished": False}
 
-    loop.save_atomic(_model_record(cfg, trainer, train_set.class_names), run_dir / FINAL)
+    runs.save_atomic(_model_record(cfg, trainer, train_set.class_names), run_dir / FINAL)
     n_final = len(test_set) if cfg.final_eval_images == 0 else min(cfg.final_eval_images, len(test_set))
     # a seeded random subset (the split may be ordered by class); all of it when final_eval_images is 0
     final_idx = _eval_indices(len(test_set), n_final, cfg.seed)
     result = evaluate_images(trainer, test_set, final_idx, eval_batch, features=cfg.fid_features,
                              desc="final evaluation")
-    loop.append_jsonl(log_path, {"iteration": cfg.iterations, "split": "test", **result})
+    runs.append_jsonl(log_path, {"iteration": cfg.iterations, "split": "test", **result})
     metrics = {k: result[k] for k in ("f_accuracy", "g_accuracy", "fidelity", "mse", "lpips")}
     metrics.update({k: result[k] for k in ("fid", "kid") if k in result})
     metrics.update({"lpips_backbone": cfg.lpips_backbone, "fid_features": cfg.fid_features,
                     "n_test_images": n_final, "iterations": cfg.iterations, "cache_dir": str(cache_dir)})
-    loop.write_metrics(run_dir, metrics)
+    runs.write_metrics(run_dir, metrics)
     return metrics
 
 
@@ -542,10 +536,10 @@ def load_viscoin(run_dir: str | Path, device: str | torch.device = "cpu") -> dic
     """The trained system of a run directory: {'f', 'G', 'psi', 'theta', 'omega', 'config', 'class_names'},
     every module in eval mode on `device`. Reads viscoin.pt, or the last checkpoint of an unfinished run."""
     run_dir = Path(run_dir)
-    record = loop.load_checkpoint(run_dir, FINAL)
+    record = runs.load_checkpoint(run_dir, FINAL)
     config_path = run_dir / "config.json"
     if record is None:
-        record = loop.load_checkpoint(run_dir)
+        record = runs.load_checkpoint(run_dir)
         if record is None or not config_path.exists():
             raise FileNotFoundError(f"{run_dir} holds neither {FINAL} nor a checkpoint of a VisCoIN run")
         import json

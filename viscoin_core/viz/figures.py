@@ -153,7 +153,7 @@ def amplification_strip(system: System, images: torch.Tensor, concepts: Sequence
 
 def _records(log: str | Path | Sequence[Mapping]) -> list[dict]:
     if isinstance(log, (str, Path)):
-        from viscoin_core.train.loop import read_jsonl
+        from viscoin_core.runs import read_jsonl
         records = read_jsonl(log)
         if not records:
             raise ValueError(f"{log} holds no log records")
