@@ -207,9 +207,9 @@ def bench_viscoin(args) -> None:
     from viscoin_core.config import parse_config
     from viscoin_core.eval.metrics import build_lpips
     from viscoin_core.nets.stylegan2 import paper256_kwargs
+    from viscoin_core.model import ViscoinConfig, _random_generator_kwargs, build_f, build_parts, random_generator
     from viscoin_core.runs import pick_device
-    from viscoin_core.train.viscoin import (Trainer, ViscoinConfig, _random_generator_kwargs, build_f, build_parts,
-                                            random_generator, synthetic_z)
+    from viscoin_core.train.viscoin import Trainer, synthetic_z
 
     device = pick_device(args.device)
     paper = args.size == "paper"
@@ -301,9 +301,8 @@ def bench_eval(args) -> None:
     from viscoin_core.eval.metrics import classifier_extractor
     from viscoin_core.nets.stylegan2 import paper256_kwargs
     from viscoin_core.nets.viscoin import reconstruct
+    from viscoin_core.model import ViscoinConfig, _random_generator_kwargs, build_f, build_parts, random_generator
     from viscoin_core.runs import pick_device
-    from viscoin_core.train.viscoin import (ViscoinConfig, _random_generator_kwargs, build_f, build_parts,
-                                            random_generator)
 
     device = pick_device(args.device)
     paper = args.size == "paper"

@@ -21,7 +21,7 @@ def load_system_and_test_split(run_dir: str | Path, device: str | torch.device =
     """(System, test Dataset, class names) of a trained run; the System also carries `.parts` and `.cache_dir`."""
     from viscoin_core.data import load_split
     from viscoin_core.eval.concepts import system_from_parts
-    from viscoin_core.train.viscoin import load_data, load_viscoin
+    from viscoin_core.model import load_data, load_viscoin
     parts = load_viscoin(run_dir, device=device)
     cfg = parts["config"]
     cache_dir = load_data(cfg)[2]
