@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from viscoin_core.config import ConfigError, param
-from viscoin_core.nets import stylegan2
+from viscoin_core.nets import network_pkl, stylegan2
 from viscoin_core.runs import (append_jsonl, load_checkpoint, pick_device, prepare_run_dir, read_jsonl, read_metrics,
                                resolve_path, save_atomic, truncate_log, write_metrics)
 from viscoin_core.train import augment as ada
@@ -486,7 +486,7 @@ def start_networks(config: GanConfig, resolution: int, channels: int = 3):
         raise ConfigError(f"parameter 'start' = {config.start!r}: {path} does not exist (official pickles go "
                           "under weights/stylegan2-ada/, see README; or use 'scratch')")
     if path.suffix == ".pkl":
-        nets = stylegan2.load_network_pkl(path)
+        nets = network_pkl.load_network_pkl(path)
         G, G_ema, D = nets["G"], nets.get("G_ema", nets["G"]), nets.get("D")
     else:
         G_path = path / "G.pt" if path.is_dir() else path
