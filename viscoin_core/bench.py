@@ -204,6 +204,7 @@ def bench_viscoin(args) -> None:
     throughout (LPIPS-VGG with a random trunk: the same network and cost, no download)."""
     import os
 
+    from viscoin_core import streams
     from viscoin_core.config import parse_config
     from viscoin_core.eval.metrics import build_lpips
     from viscoin_core.nets.stylegan2 import paper256_kwargs
@@ -221,7 +222,8 @@ def bench_viscoin(args) -> None:
         batch_fake=8 if paper else 4, compile=bool(getattr(args, "compile", False)),
         amp=getattr(args, "amp", "auto")))
     f = build_f(cfg, n_classes)
-    G = random_generator(paper256_kwargs()[0] if paper else _random_generator_kwargs(cfg, resolution), cfg.seed)
+    G = random_generator(paper256_kwargs()[0] if paper else _random_generator_kwargs(cfg, resolution),
+                         streams.stream_seed(cfg.seed, "viscoin.init_G"))
     trainer = Trainer(cfg, f, G, build_parts(cfg, f, G, n_classes), build_lpips("random"), device)
     x_real = torch.rand(cfg.batch_real, 3, resolution, resolution) * 2 - 1
     it = iter(range(10**9))
@@ -296,6 +298,7 @@ def bench_eval(args) -> None:
     K = 16, batch 16; paper: ResNet-50 at 256 px, StyleGAN2 paper256, K = 256, batch 16."""
     import os
 
+    from viscoin_core import streams
     from viscoin_core.config import parse_config
     from viscoin_core.eval.concepts import System, faithfulness_batch
     from viscoin_core.eval.metrics import classifier_extractor
@@ -312,7 +315,8 @@ def bench_eval(args) -> None:
         n_concepts=256 if paper else 16, latent_channels=512 if paper else 32,
         coarse_layer=3 if paper else 2, mid_layer=12 if paper else 5))
     f = build_f(cfg, n_classes).to(device)
-    G = random_generator(paper256_kwargs()[0] if paper else _random_generator_kwargs(cfg, resolution), cfg.seed).to(device)
+    G = random_generator(paper256_kwargs()[0] if paper else _random_generator_kwargs(cfg, resolution),
+                         streams.stream_seed(cfg.seed, "viscoin.init_G")).to(device)
     parts = {k: m.to(device).eval() for k, m in build_parts(cfg, f, G, n_classes).items()}
     system = System(f=f, psi=parts["psi"], theta=parts["theta"],
                     decode=lambda phi, phi_prime: reconstruct(G, parts["omega"], phi, phi_prime))

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from viscoin_core import losses, runs
+from viscoin_core import losses, runs, streams
 from viscoin_core.config import ConfigError, load_config, param, parse_config
 from viscoin_core.nets.classifier import build_classifier, load_classifier
 from viscoin_core.nets.viscoin import FUSE_AT_CHOICES, W_BAR_CHOICES, ConceptExtractor, ConceptTranslator, Explainer
@@ -143,7 +143,7 @@ def random_generator(kwargs: dict, seed: int) -> nn.Module:
 def build_f(cfg: ViscoinConfig, n_classes: int) -> nn.Module:
     if cfg.f == "random":
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
+            torch.manual_seed(streams.stream_seed(cfg.seed, "viscoin.init_f"))
             return freeze(build_classifier(cfg.f_arch, n_classes=n_classes))
     f = load_classifier(runs.resolve_path(cfg.f))
     if f.n_classes != n_classes:
@@ -161,7 +161,8 @@ def load_generator_file(path: str) -> nn.Module:
 
 def build_G(cfg: ViscoinConfig, resolution: int) -> nn.Module:
     if cfg.G == "random":
-        return random_generator(_random_generator_kwargs(cfg, resolution), cfg.seed)
+        seed = streams.stream_seed(cfg.seed, "viscoin.init_G")
+        return random_generator(_random_generator_kwargs(cfg, resolution), seed)
     G = load_generator_file(cfg.G)
     if G.img_resolution != resolution:
         raise ConfigError(f"parameter 'G' = {cfg.G!r}: the generator makes {G.img_resolution} px images but the "
@@ -175,7 +176,7 @@ def build_parts(cfg: ViscoinConfig, f: nn.Module, G: nn.Module, n_classes: int) 
         raise ConfigError(f"parameter 'mid_layer' = {cfg.mid_layer} is not allowed; expected a value in "
                           f"[coarse_layer, {G.num_ws - 1}] (G has num_ws = {G.num_ws} style vectors)")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed + 1)
+        torch.manual_seed(streams.stream_seed(cfg.seed, "viscoin.init_parts"))
         psi = ConceptExtractor(cfg.n_concepts, f.tap_channels, cfg.latent_channels, cfg.fuse_at)
         theta = Explainer(cfg.n_concepts, n_classes)
         omega = ConceptTranslator(cfg.n_concepts, G.num_ws, G.w_dim, cfg.coarse_layer, cfg.mid_layer,

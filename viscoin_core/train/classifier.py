@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from viscoin_core import streams
 from viscoin_core.config import ConfigError, load_config, param
 from viscoin_core.nets.classifier import build_classifier, load_classifier, save_classifier
 from viscoin_core.runs import (append_jsonl, load_checkpoint, pick_device, prepare_run_dir, read_metrics, resolve_path,
@@ -86,7 +87,7 @@ def class_weight_tensor(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
 
 def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Fixed random split of the training indices into (train, validation) parts."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    order = torch.randperm(n, generator=streams.generator(seed, "classifier.val_split")).tolist()
     n_val = max(1, round(n * val_fraction))
     if n_val >= n:
         raise ValueError(f"val_fraction {val_fraction} leaves no training images out of {n}")
@@ -205,7 +206,7 @@ def train_classifier(config: ClassifierConfig, run_dir: str | Path) -> dict:
         started = time.time()
         loader = DataLoader(train_part, batch_size=config.batch_size, shuffle=True, drop_last=drop_last,
                             num_workers=config.num_workers,
-                            generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+                            generator=streams.generator(config.seed, "classifier.epoch_order", epoch))
         f.train()
         loss_sum, correct, n = 0.0, 0, 0
         for x, y in tqdm(loader, desc=f"f epoch {epoch + 1}/{config.epochs}", leave=False):

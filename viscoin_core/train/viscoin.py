@@ -39,7 +39,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from viscoin_core import losses, runs
+from viscoin_core import losses, runs, streams
 from viscoin_core.config import to_dict
 from viscoin_core.model import FINAL, ViscoinConfig, as_config, build_f, build_G, build_parts, load_data
 from viscoin_core.train import loop
@@ -79,7 +79,7 @@ class IterationBatches(Sampler):
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if epoch != self._epoch:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            gen = streams.generator(self.seed, "viscoin.epoch_order", epoch)
             self._epoch, self._perm = epoch, torch.randperm(self.n, generator=gen)
         return self._perm
 
@@ -91,13 +91,13 @@ class IterationBatches(Sampler):
             batch = []
             for pos in range(i * self.batch, (i + 1) * self.batch):
                 index = int(self._permutation(pos // self.n)[pos % self.n])
-                batch.append((index, (self.seed * 2_000_003 + pos) % 2**62))
+                batch.append((index, streams.stream_seed(self.seed, "viscoin.augment", pos)))
             yield batch
 
 
 def synthetic_z(cfg: ViscoinConfig, iteration: int, z_dim: int) -> torch.Tensor:
     """The latents of iteration i's synthetic images (B_fake, z_dim), on the CPU, a function of (seed, i)."""
-    gen = torch.Generator().manual_seed(cfg.seed * 3_000_017 + iteration + 1)
+    gen = streams.generator(cfg.seed, "viscoin.fake_z", iteration)
     return torch.randn(cfg.batch_fake, z_dim, generator=gen)
 
 
@@ -274,7 +274,7 @@ def _eval_indices(n: int, count: int, seed: int) -> list[int]:
     """A fixed random subset of the test split (the same at every evaluation of a run)."""
     if count >= n:
         return list(range(n))
-    gen = torch.Generator().manual_seed(seed * 4_000_037 + 1)
+    gen = streams.generator(seed, "viscoin.eval_subset")
     return sorted(torch.randperm(n, generator=gen)[:count].tolist())
 
 
@@ -324,7 +324,7 @@ def train_viscoin(config: ViscoinConfig | Mapping[str, Any] | str | Path, run_di
                         batch_sampler=IterationBatches(len(train_set), cfg.batch_real, cfg.seed, start, stop),
                         num_workers=cfg.workers, pin_memory=trainer.cuda,
                         # its own generator: creating the iterator must not draw from the global RNG
-                        generator=torch.Generator().manual_seed(cfg.seed))
+                        generator=streams.generator(cfg.seed, "viscoin.loader"))
     log_path = run_dir / "log.jsonl"
     trainer.train_mode(True)
     it = start
