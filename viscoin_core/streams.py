@@ -33,6 +33,7 @@ AFFINE = {
     "viscoin.augment": (2_000_003, 0),        # index: position in the sample stream; pad-crop and flip
     "viscoin.fake_z": (3_000_017, 1),         # index: iteration; the latents of the synthetic images
     "viscoin.eval_subset": (4_000_037, 1),    # the test images of the trainer's checks
+    "viscoin.kid": (0, 0),                    # KID's subsets in the trainer's final check: the same for every seed
     # classifier fine-tuning (train/classifier.py)
     "classifier.val_split": (1, 0),           # which training images are held out for validation
     "classifier.epoch_order": (1000, 0),      # index: epoch; the shuffled order of an epoch

@@ -227,45 +227,36 @@ def evaluate_images(trainer: Trainer, dataset: Dataset, indices: list[int], batc
     """f and g accuracy, fidelity, MSE, LPIPS, reconstruction identification and the loss terms on dataset[indices];
     with `features` ('classifier'|'inception') also FID and KID between originals and reconstructions."""
     from viscoin_core.eval import metrics
+    from viscoin_core.eval.passes import fid_kid, identification, image_metrics, image_pass
     extractor = None
     if features == "inception":
         extractor = metrics.inception_extractor(trainer.device)
     elif features == "classifier":
         extractor = metrics.classifier_extractor(trainer.f, trainer.device)
+
+    def batch(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        total, terms, out = trainer.loss(x, iteration=trainer.cfg.loss_warmup)
+        x_rec = out["x_rec"].float()
+        values = {"f_logits": out["f_logits"].float(), "g_logits": out["g_logits"].float(),
+                  "mse": metrics.mse(x_rec, x), "lpips": out["lpips"].float(),
+                  "thumbs": metrics.thumbnails(x), "thumbs_rec": metrics.thumbnails(x_rec),
+                  # each term times the batch size, so the mean over images is sum / n
+                  **{f"loss_{k}": torch.tensor([float(v) * len(x)], dtype=torch.float64)
+                     for k, v in {"total": total, **terms}.items()}}
+        if extractor is not None:
+            values.update(real=extractor(x).double(), fake=extractor(x_rec).double())
+        return values
+
     trainer.train_mode(False)
-    f_logits, g_logits, labels, mse, lp, feats_real, feats_rec, thumbs, thumbs_rec = [], [], [], [], [], [], [], [], []
-    sums, n = {}, 0
-    with torch.no_grad():
-        for start in tqdm(range(0, len(indices), batch_size), desc=desc, leave=False):
-            items = [dataset[i] for i in indices[start:start + batch_size]]
-            x = torch.stack([im for im, _ in items]).to(trainer.device)
-            total, terms, out = trainer.loss(x, iteration=trainer.cfg.loss_warmup)
-            for k, v in {"total": total, **terms}.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * len(x)
-            n += len(x)
-            x_rec = out["x_rec"].float()
-            f_logits.append(out["f_logits"].float().cpu())
-            g_logits.append(out["g_logits"].float().cpu())
-            labels.append(torch.tensor([label for _, label in items]))
-            mse.append(metrics.mse(x_rec, x).cpu())
-            lp.append(out["lpips"].float().cpu())
-            thumbs.append(metrics.thumbnails(x).cpu())
-            thumbs_rec.append(metrics.thumbnails(x_rec).cpu())
-            if extractor is not None:
-                feats_real.append(extractor(x).double().cpu())
-                feats_rec.append(extractor(x_rec).double().cpu())
+    out = image_pass(batch, dataset, indices, batch_size, trainer.device, desc=desc)
     trainer.train_mode(True)
-    f_logits, g_logits, labels = torch.cat(f_logits), torch.cat(g_logits), torch.cat(labels)
-    result = {"f_accuracy": metrics.accuracy(f_logits, labels), "g_accuracy": metrics.accuracy(g_logits, labels),
-              "fidelity": metrics.fidelity(g_logits, f_logits), "mse": float(torch.cat(mse).mean()),
-              "lpips": float(torch.cat(lp).mean()), "n_images": n,
-              **{f"loss_{k}": v / n for k, v in sums.items()}}
+    n = len(out["labels"])
+    result = {**image_metrics(out, out["g_logits"]), "n_images": n,
+              **{k: sum(v.tolist()) / n for k, v in out.items() if k.startswith("loss_")}}
     if n >= 2:
-        result.update(metrics.reconstruction_identification(torch.cat(thumbs_rec), torch.cat(thumbs), labels))
+        result.update(identification(out))
     if extractor is not None and n >= 2:
-        real, rec = torch.cat(feats_real), torch.cat(feats_rec)
-        result["fid"] = metrics.fid_from_features(real, rec)
-        result["kid"], result["kid_std"] = metrics.kid_from_features(real, rec, subset_size=min(1000, n))
+        result.update(fid_kid(out["real"], out["fake"], seed=streams.stream_seed(trainer.cfg.seed, "viscoin.kid")))
         result["fid_features"] = features
     return result
 
