@@ -4,7 +4,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from viscoin_core.config import ConfigError, load_config, param, parse_config, repo_root, to_dict
+from viscoin_core.config import (ConfigError, config_from, load_config, param, parse_config, repo_root, resolve_path,
+                                 to_dict)
 
 
 @dataclass
@@ -83,3 +84,22 @@ def test_from_namespace_takes_only_config_fields():
     assert (cfg.cache_dir, cfg.steps) == ("c", 3)
     with pytest.raises(ConfigError, match="notebook parameters.*steps"):
         from_namespace(Example, {"cache_dir": "c", "steps": "3"})
+
+
+def test_relative_paths_resolve_against_the_repository_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_path("params/smoke/viscoin.yaml") == repo_root() / "params/smoke/viscoin.yaml"
+    assert resolve_path(tmp_path / "x") == tmp_path / "x"
+
+
+def test_config_from_an_instance_a_mapping_or_a_file(tmp_path):
+    @dataclass
+    class Two:
+        a: int = param(1)
+        b: str = param("x")
+    assert config_from(Two, Two(a=3)) == Two(a=3)
+    assert config_from(Two, {"a": 2}) == Two(a=2)
+    (tmp_path / "p.yaml").write_text("b: y\n")
+    assert config_from(Two, tmp_path / "p.yaml") == Two(b="y")
+    with pytest.raises(ConfigError, match="mine: unknown parameter"):
+        config_from(Two, {"c": 1}, source="mine")

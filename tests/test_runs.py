@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from viscoin_core import runs
-from viscoin_core.config import ConfigError, param, repo_root
+from viscoin_core.config import ConfigError, param
 
 
 @dataclass
@@ -53,12 +53,6 @@ def test_json_ready_makes_strict_json_of_tensors_numpy_paths_and_nan():
              "nan": float("nan"), "arr": np.array([1.5])}
     assert runs.json_ready(value) == {"0.1": 2.0, "2": 0.5, "t": [1, [0, 1]], "p": "a/b", "nan": None, "arr": [1.5]}
     assert math.isinf(runs.json_ready(float("inf")))
-
-
-def test_relative_paths_resolve_against_the_repository_root(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert runs.resolve_path("params/smoke/viscoin.yaml") == repo_root() / "params/smoke/viscoin.yaml"
-    assert runs.resolve_path(tmp_path / "x") == tmp_path / "x"
 
 
 def test_run_directory_is_profile_stage_stem_seed(tmp_path):

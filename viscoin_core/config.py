@@ -158,6 +158,16 @@ def load_config(cls: type, path: str | Path | None = None, **overrides: Any) -> 
     return parse_config(cls, params, source=str(path) if path is not None else "parameters")
 
 
+def config_from(cls: type, config: Any, source: str = "parameters") -> Any:
+    """A `cls` from itself, a flat mapping (`source` names it in errors) or a YAML parameter file
+    (a path, relative to the repository root when not absolute)."""
+    if isinstance(config, cls):
+        return config
+    if isinstance(config, (str, Path)):
+        return parse_config(cls, read_params(resolve_path(config)), source=str(config))
+    return parse_config(cls, dict(config), source=source)
+
+
 def to_dict(config: Any) -> dict:
     """A JSON-friendly dict of a config (tuples become lists)."""
     # A JSON round trip: tuples become lists, as config.json will hold them. parse_config admits only
@@ -176,6 +186,13 @@ def repo_root(start: str | Path | None = None) -> Path:
         if (folder / "pyproject.toml").is_file() and (folder / "viscoin_core").is_dir():
             return folder
     return Path(__file__).resolve().parents[1]
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A path from a parameter file or a command line: absolute as given (after `~`), else relative
+    to the repository root (`repo_root`), wherever the process runs from."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else repo_root() / path
 
 
 def from_namespace(cls: type, namespace: Mapping[str, Any], source: str = "notebook parameters") -> Any:

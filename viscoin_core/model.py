@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from viscoin_core import losses, runs, streams
-from viscoin_core.config import ConfigError, load_config, param, parse_config
+from viscoin_core.config import ConfigError, config_from, param, parse_config, resolve_path
 from viscoin_core.nets.classifier import build_classifier, load_classifier
 from viscoin_core.nets.viscoin import FUSE_AT_CHOICES, W_BAR_CHOICES, ConceptExtractor, ConceptTranslator, Explainer
 
@@ -93,12 +93,8 @@ class ViscoinConfig:
 
 
 def as_config(config: ViscoinConfig | Mapping[str, Any] | str | Path) -> ViscoinConfig:
-    """A ViscoinConfig from itself, a flat mapping or a YAML parameter file."""
-    if isinstance(config, ViscoinConfig):
-        return config
-    if isinstance(config, (str, Path)):
-        return load_config(ViscoinConfig, config)
-    return parse_config(ViscoinConfig, config)
+    """A ViscoinConfig from itself, a flat mapping or a YAML parameter file (relative to the repository root)."""
+    return config_from(ViscoinConfig, config)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,9 +105,9 @@ def load_data(cfg: ViscoinConfig):
     from viscoin_core.data import load_split
     if cfg.data:
         from viscoin_core.data.prepare import ensure_prepared
-        cache_dir = ensure_prepared(str(runs.resolve_path(cfg.data)))
+        cache_dir = ensure_prepared(str(resolve_path(cfg.data)))
     else:
-        cache_dir = runs.resolve_path(cfg.cache_dir)
+        cache_dir = resolve_path(cfg.cache_dir)
     return load_split(cache_dir, "train", augment=True), load_split(cache_dir, "test"), Path(cache_dir)
 
 
@@ -145,7 +141,7 @@ def build_f(cfg: ViscoinConfig, n_classes: int) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(streams.stream_seed(cfg.seed, "viscoin.init_f"))
             return freeze(build_classifier(cfg.f_arch, n_classes=n_classes))
-    f = load_classifier(runs.resolve_path(cfg.f))
+    f = load_classifier(resolve_path(cfg.f))
     if f.n_classes != n_classes:
         raise ConfigError(f"parameter 'f' = {cfg.f!r}: this classifier has {f.n_classes} classes but the data has "
                           f"{n_classes}; expected a classifier trained on this dataset")
@@ -155,7 +151,7 @@ def build_f(cfg: ViscoinConfig, n_classes: int) -> nn.Module:
 def load_generator_file(path: str) -> nn.Module:
     """G from a native G.pt (file or run directory) or an official network pickle (its G_ema)."""
     from viscoin_core.nets.stylegan2 import load_generator
-    path = runs.resolve_path(path)
+    path = resolve_path(path)
     return freeze(load_generator(path / "G.pt" if path.is_dir() else path))
 
 

@@ -4,7 +4,8 @@ A run directory holds `config.json` (resolved parameters, package version, git c
 `log.jsonl` (one JSON object per logged step), checkpoints and `metrics.json`. Checkpoints are
 written to a temporary file and renamed, so an interruption never leaves a half-written file, and
 they load with `torch.load(weights_only=True)`. Batches keep each run under
-`runs/<profile>/<stage>/<params stem>/seed<k>` (`run_directory`).
+`runs/<profile>/<stage>/<params stem>/seed<k>` (`run_directory`); the paths inside parameter files
+resolve with `config.resolve_path` (against the repository root).
 
 Below nets, data, eval, viz and train: this module imports only the configuration, the standard
 library, NumPy and torch.
@@ -29,13 +30,6 @@ CHECKPOINT = "checkpoint.pt"
 
 # ---------------------------------------------------------------------------------------------
 # Paths
-
-def resolve_path(path: str | Path) -> Path:
-    """A path from a parameter file or a command line: absolute as given (after `~`), else relative
-    to the repository root (`config.repo_root`), wherever the process runs from."""
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else repo_root() / path
-
 
 def run_directory(profile: str, stage: str, params_stem: str, seed: int = 0, root: str | Path | None = None) -> Path:
     """runs/<profile>/<stage>/<params stem>/seed<k> under `root` (default: the repository root):

@@ -21,7 +21,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from viscoin_core.config import ConfigError, param, parse_config, read_params, to_dict
+from viscoin_core.config import ConfigError, config_from, param, parse_config, read_params, resolve_path, to_dict
 from viscoin_core.data import synthetic
 from viscoin_core.data.cache import (FORMAT_VERSION, MANIFEST, SPLITS, DataError, RawDataset, array_path,
                                      cache_is_complete, checksum, file_lock, read_manifest, remove_cache, write_manifest)
@@ -29,7 +29,6 @@ from viscoin_core.data.cub import read_cub
 from viscoin_core.data.folder import read_folder
 from viscoin_core.data.nct import TRAIN_DIRS, class_weights, read_nct
 from viscoin_core.data.transforms import CROPS, bbox_box, center_box, crop_resize, load_rgb, study_box
-from viscoin_core.runs import resolve_path
 
 DATASETS = ("cub", "nct", "folder", "toybirds", "toytissue")
 CUB_LIKE = ("cub", "toybirds")  # datasets in CUB's layout, the only ones with bounding boxes and crops
@@ -58,14 +57,8 @@ class DataConfig:
 
 
 def as_config(config: DataConfig | Mapping[str, Any] | str | Path) -> DataConfig:
-    """A DataConfig from itself, a flat mapping or a YAML parameter file."""
-    if isinstance(config, DataConfig):
-        return config
-    if isinstance(config, (str, Path)):
-        path = Path(config)
-        path = path if path.is_file() else resolve_path(path)  # relative to the repository root, like every path here
-        return parse_config(DataConfig, read_params(path), source=str(config))
-    return parse_config(DataConfig, dict(config), source="data parameters")
+    """A DataConfig from itself, a flat mapping or a YAML parameter file (relative to the repository root)."""
+    return config_from(DataConfig, config, source="data parameters")
 
 
 def read_raw(config: DataConfig, root: Path) -> RawDataset:

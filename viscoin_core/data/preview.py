@@ -104,7 +104,7 @@ def save_synthetic_grids(out_dir: str | Path = "results/synthetic", resolution: 
 
     from viscoin_core.data.cache import load_split
     from viscoin_core.data.prepare import prepare
-    from viscoin_core.runs import resolve_path
+    from viscoin_core.config import resolve_path
 
     out = []
     with tempfile.TemporaryDirectory() as scratch:

@@ -26,10 +26,10 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from viscoin_core import streams
-from viscoin_core.config import ConfigError, load_config, param
+from viscoin_core.config import ConfigError, load_config, param, resolve_path
 from viscoin_core.nets.classifier import build_classifier, load_classifier, save_classifier
-from viscoin_core.runs import (append_jsonl, load_checkpoint, pick_device, prepare_run_dir, read_metrics, resolve_path,
-                               run_directory, save_atomic, truncate_log, write_metrics)
+from viscoin_core.runs import (append_jsonl, load_checkpoint, pick_device, prepare_run_dir, read_metrics, run_directory,
+                               save_atomic, truncate_log, write_metrics)
 from viscoin_core.train import loop
 from viscoin_core.train.loop import check_finite, rng_state, seed_everything, set_rng_state
 

@@ -50,11 +50,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from viscoin_core.config import ConfigError, param
+from viscoin_core.config import ConfigError, param, resolve_path
 from viscoin_core.nets import network_pkl, stylegan2
 from viscoin_core import streams
 from viscoin_core.runs import (append_jsonl, load_checkpoint, pick_device, prepare_run_dir, read_jsonl, read_metrics,
-                               resolve_path, save_atomic, truncate_log, write_metrics)
+                               save_atomic, truncate_log, write_metrics)
 from viscoin_core.train import augment as ada
 from viscoin_core.train import loop
 from viscoin_core.train.loop import NonFiniteLoss, check_finite, seed_everything

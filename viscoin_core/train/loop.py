@@ -15,8 +15,7 @@ import numpy as np
 import torch
 import yaml
 
-from viscoin_core.config import ConfigError, load_config
-from viscoin_core.runs import resolve_path
+from viscoin_core.config import ConfigError, load_config, resolve_path
 
 
 class NonFiniteLoss(RuntimeError):
