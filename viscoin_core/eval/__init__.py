@@ -33,6 +33,17 @@ def load_system_and_test_split(run_dir: str | Path, device: str | torch.device =
     return system, test, list(names)
 
 
+def evaluated(run_dir: str | Path) -> bool:
+    """Whether `run_dir` holds what `evaluate` writes, as this version writes it: the concept metrics
+    in metrics.json and relevance.pt with the per-image predictions the figures read."""
+    from viscoin_core import runs
+    run_dir = Path(run_dir)
+    metrics = runs.read_metrics(run_dir) or {}
+    if "faithfulness" not in metrics or not (run_dir / RELEVANCE).exists():
+        return False
+    return "predicted" in torch.load(run_dir / RELEVANCE, map_location="cpu", weights_only=True)
+
+
 def evaluate(run_dir: str | Path, n_images: int | None = None, device: str = "cpu", batch_size: int = 32,
              seed: int = 0, fid_features: str | None = None, lpips_backbone: str | None = None,
              n_train_images: int | None = None, faithfulness_images: int = 1000,

@@ -455,9 +455,9 @@ def figures_for_run(run_dir: str | Path, out_dir: str | Path, n_classes_shown: i
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     stored = torch.load(run_dir / RELEVANCE, map_location="cpu", weights_only=True)
-    if "predicted" not in stored:
+    if "predicted" not in stored:   # written before evaluate kept g's per-image predictions
         raise ValueError(f"{run_dir / RELEVANCE} predates the per-image predictions the figures read; "
-                         "run viscoin_core.eval.evaluate on the run again")
+                         "run viscoin_core.eval.evaluate on the run again (eval.evaluated tells)")
     system, test, names = load_system_and_test_split(run_dir, device)
     r_kc, images_index, predicted, labels = stored["r_kc"], stored["images_index"], stored["predicted"], stored["labels"]
     figs = {"relevance_heatmap": relevance_heatmap(r_kc, names, out=out_dir / "relevance_heatmap")}
