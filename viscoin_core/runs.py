@@ -7,8 +7,8 @@ they load with `torch.load(weights_only=True)`. Batches keep each run under
 `runs/<profile>/<stage>/<params stem>/seed<k>` (`run_directory`); the paths inside parameter files
 resolve with `config.resolve_path` (against the repository root).
 
-Below nets, data, eval, viz and train: this module imports only the configuration, the standard
-library, NumPy and torch.
+Below nets, data, eval, viz and train (which all read or write runs): this module imports only the
+configuration, the standard library, NumPy and torch.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ CHECKPOINT = "checkpoint.pt"
 
 
 # ---------------------------------------------------------------------------------------------
-# Paths
+# Where a run lives and runs
 
 def run_directory(profile: str, stage: str, params_stem: str, seed: int = 0, root: str | Path | None = None) -> Path:
     """runs/<profile>/<stage>/<params stem>/seed<k> under `root` (default: the repository root):
@@ -38,7 +38,9 @@ def run_directory(profile: str, stage: str, params_stem: str, seed: int = 0, roo
 
 
 def pick_device(device: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present, else CPU; anything else is passed to torch.device."""
+    """'auto' picks CUDA when present, else CPU; anything else is passed to torch.device.
+
+    Here rather than in train: evaluation and the audit pick their device the same way."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)

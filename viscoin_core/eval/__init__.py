@@ -93,7 +93,8 @@ def evaluate(run_dir: str | Path, n_images: int | None = None, device: str = "cp
     predicted = g_logits.argmax(dim=1)
     cp = C.ConceptPool(index, cat["phi"], cat["phi_prime"], C.pool(theta, cat["phi"]), predicted, cat["labels"])
     n = len(index)
-    result = {**image_metrics(cat, g_logits), **fid_kid(cat["real"], cat["fake"], seed=streams.stream_seed(seed, "eval.kid")),
+    kid_seed = streams.stream_seed(seed, "eval.kid")
+    result = {**image_metrics(cat, g_logits), **fid_kid(cat["real"], cat["fake"], seed=kid_seed),
               "fid_features": fid_features, "lpips_backbone": lpips_backbone, "n_test_images": n,
               **identification(cat)}
     stages.update(1)

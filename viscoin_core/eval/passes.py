@@ -16,8 +16,9 @@ from tqdm.auto import tqdm
 from viscoin_core.eval import metrics as M
 
 
-def image_pass(batch_fn: Callable[[torch.Tensor], dict[str, torch.Tensor]], dataset, index: Sequence[int] | torch.Tensor,
-               batch_size: int, device: str | torch.device, desc: str = "test pass") -> dict[str, torch.Tensor]:
+def image_pass(batch_fn: Callable[[torch.Tensor], dict[str, torch.Tensor]], dataset,
+               index: Sequence[int] | torch.Tensor, batch_size: int, device: str | torch.device,
+               desc: str = "test pass") -> dict[str, torch.Tensor]:
     """One pass over dataset[index] in batches of `batch_size` images, under no_grad.
 
     dataset[i] is (image (3, H, W) in [-1, 1], label). `batch_fn(x)` gets each batch x (B, 3, H, W)

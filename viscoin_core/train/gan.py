@@ -638,7 +638,8 @@ def train_gan(config: GanConfig, run_dir: str | Path, stop_at_kimg: float | None
     if rank == 0 and not (run_dir / "reals.png").exists():
         from viscoin_core.viz.training import save_image_grid
         n = min(config.grid_size ** 2, len(dataset))
-        shown = torch.randperm(len(dataset), generator=streams.generator(config.seed, "gan.grid_reals"))[:n]  # all classes
+        # a random subset: the split is sorted by class, and the grid should show all of them
+        shown = torch.randperm(len(dataset), generator=streams.generator(config.seed, "gan.grid_reals"))[:n]
         save_image_grid(reals_of(shown, torch.zeros(n, dtype=torch.bool)), run_dir / "reals.png", cols=config.grid_size)
 
     snapshot_seconds = [0.0]

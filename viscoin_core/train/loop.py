@@ -94,7 +94,8 @@ def cycle(loader: Iterable) -> Iterable:
 def stage_cli(stage: str, doc: str) -> argparse.ArgumentParser:
     """The command line every training stage shares: --params FILE --run-dir DIR [--device D] [--set K=V ...]."""
     parser = argparse.ArgumentParser(prog=f"python -m viscoin_core.train.{stage}", description=doc.split("\n")[0])
-    parser.add_argument("--params", required=True, help=f"YAML parameter file (params/<profile>/{stage}*.yaml; relative to the repository root)")
+    parser.add_argument("--params", required=True, help=f"YAML parameter file (params/<profile>/{stage}*.yaml), "
+                        "relative to the repository root")
     parser.add_argument("--run-dir", required=True, help="run directory (created; resumed when it holds a checkpoint)")
     parser.add_argument("--device", default=None, help="override the file's device")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -459,7 +459,8 @@ def figures_for_run(run_dir: str | Path, out_dir: str | Path, n_classes_shown: i
         raise ValueError(f"{run_dir / RELEVANCE} predates the per-image predictions the figures read; "
                          "run viscoin_core.eval.evaluate on the run again (eval.evaluated tells)")
     system, test, names = load_system_and_test_split(run_dir, device)
-    r_kc, images_index, predicted, labels = stored["r_kc"], stored["images_index"], stored["predicted"], stored["labels"]
+    r_kc, images_index = stored["r_kc"], stored["images_index"]
+    predicted, labels = stored["predicted"], stored["labels"]
     figs = {"relevance_heatmap": relevance_heatmap(r_kc, names, out=out_dir / "relevance_heatmap")}
     counts = torch.bincount(predicted, minlength=len(names))
     shown = [c for c in counts.argsort(descending=True).tolist() if counts[c] > 0][:n_classes_shown]
