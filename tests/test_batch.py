@@ -11,7 +11,9 @@ import pytest
 import yaml
 
 from viscoin_core import batch
+from viscoin_core import tables as table_making
 from viscoin_core.config import ConfigError
+from viscoin_core.tables import load_tables, row_beside_published
 
 TOY_NOTEBOOK = [
     ("parameters", 'params_file = ""\nrun_dir = "runs/toy"\noverrides = {}'),
@@ -90,7 +92,7 @@ def test_unknown_key_fails_before_any_work_naming_key_and_file(tmp_path):
 
 def test_table_has_mean_std_published_and_marks_the_failed_row(tmp_path, monkeypatch, capfd):
     root = make_project(tmp_path)
-    monkeypatch.setattr(batch, "published_numbers", lambda: yaml.safe_load(
+    monkeypatch.setattr(table_making, "published_numbers", lambda: yaml.safe_load(
         (root / "params" / "reference_numbers.yaml").read_text()))
     monkeypatch.setattr(batch, "load_tables", lambda path=None: yaml.safe_load(
         (root / "params" / "tables.yaml").read_text()))
@@ -141,7 +143,7 @@ def test_side_by_side_rows_wait_for_the_runs_they_read_and_shared_rows_run_once(
     (root / "params" / "smoke" / "a.yaml").write_text("x: 1.5\nwait_s: 1.5\n")
     add_table(root, "chain", {"c": "x: 2.0\nreads: runs/smoke/toy/a/seed0\n",
                               "d": "x: 3.0\nreads: params/smoke/a.yaml\n", "a": "x: 1.5\nwait_s: 1.5\n"})
-    monkeypatch.setattr(batch, "published_numbers", lambda: yaml.safe_load(
+    monkeypatch.setattr(table_making, "published_numbers", lambda: yaml.safe_load(
         (root / "params" / "reference_numbers.yaml").read_text()))
     c, d, a = batch.plan("chain", "smoke", root=root)
     assert batch.depends_on(c, a) and not batch.depends_on(a, c) and not batch.depends_on(c, d)
@@ -173,12 +175,12 @@ def test_row_beside_published_scales_ours_and_looks_up_theirs(tmp_path):
     root = make_project(tmp_path)
     tables = yaml.safe_load((root / "params" / "tables.yaml").read_text())
     published = yaml.safe_load((root / "params" / "reference_numbers.yaml").read_text())
-    df = batch.row_beside_published({"score": 0.25}, "toytable", "a", tables, published)
+    df = row_beside_published({"score": 0.25}, "toytable", "a", tables, published)
     assert df.loc["score x10", "ours"] == 2.5 and df.loc["score x10", "published"] == 3.1
 
 
 def test_the_project_tables_have_a_parameter_file_per_row_in_paper_profile():
-    tables = batch.load_tables()
+    tables = load_tables()
     root = batch.repo_root()
     missing = [f"{name}: {row['params']}" for name, t in tables.items() for row in t["rows"]
                if not (root / "params" / "paper" / row["params"]).is_file()]
@@ -190,7 +192,7 @@ def test_every_row_names_data_files_that_exist_and_parse(profile):
     # A row's data file is only read when the row runs (hours in, on the paper profile): check them all now.
     from viscoin_core.data.prepare import as_config
     root = batch.repo_root()
-    for name, spec in batch.load_tables().items():
+    for name, spec in load_tables().items():
         for row in spec["rows"]:
             params = batch.read_params(root / "params" / profile / row["params"])
             data = root / params["data"]
@@ -204,7 +206,7 @@ def test_every_row_file_also_runs_from_its_stage_cli(profile):
     # (python -m viscoin_core.train.<stage>), which accepts only its config's keys.
     from viscoin_core.config import load_config
     root = batch.repo_root()
-    for name, spec in batch.load_tables().items():
+    for name, spec in load_tables().items():
         cls = batch.config_class(spec["notebook"])
         for row in spec["rows"]:
             load_config(cls, root / "params" / profile / row["params"])

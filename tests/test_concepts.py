@@ -150,6 +150,16 @@ def test_faithfulness_median_over_a_dataset():
     assert C.faithfulness(system, images, n_images=4)["n_images"] == 4
 
 
+def test_faithfulness_of_a_concept_pool_equals_that_of_its_images():
+    system = identity_system(torch.eye(2))
+    images = maps([[2.0, 1.0]] * 5 + [[1.0, 3.0]] * 2)
+    pool = C.concept_pool(system, images, batch_size=3)
+    from_images = C.faithfulness(system, images, n_images=5, batch_size=3, seed=4)
+    from_pool = C.faithfulness(system, pool, n_images=5, batch_size=3, seed=4)
+    assert torch.equal(from_images.pop("p_rec"), from_pool.pop("p_rec"))
+    assert from_images == from_pool
+
+
 def _pools(system, n, K, seed):
     g = torch.Generator().manual_seed(seed)
     images = torch.rand(n, K, 3, 3, generator=g)

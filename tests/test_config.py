@@ -4,7 +4,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from viscoin_core.config import ConfigError, load_config, param, parse_config, read_params, repo_root, to_dict
+from viscoin_core.config import (ConfigError, config_from, load_config, param, parse_config, read_params, repo_root,
+                                 resolve_path, to_dict)
 
 
 @dataclass
@@ -84,3 +85,22 @@ def test_extends_a_list_merges_in_order(tmp_path):
     (tmp_path / "bad.yaml").write_text("extends: [a.yaml, 3]\n")
     with pytest.raises(ConfigError, match="bad.yaml.*extends"):
         read_params(tmp_path / "bad.yaml")
+
+
+def test_relative_paths_resolve_against_the_repository_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_path("params/smoke/viscoin.yaml") == repo_root() / "params/smoke/viscoin.yaml"
+    assert resolve_path(tmp_path / "x") == tmp_path / "x"
+
+
+def test_config_from_an_instance_a_mapping_or_a_file(tmp_path):
+    @dataclass
+    class Two:
+        a: int = param(1)
+        b: str = param("x")
+    assert config_from(Two, Two(a=3)) == Two(a=3)
+    assert config_from(Two, {"a": 2}) == Two(a=2)
+    (tmp_path / "p.yaml").write_text("b: y\n")
+    assert config_from(Two, tmp_path / "p.yaml") == Two(b="y")
+    with pytest.raises(ConfigError, match="mine: unknown parameter"):
+        config_from(Two, {"c": 1}, source="mine")

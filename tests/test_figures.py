@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from viscoin_core.eval import METRIC_KEYS, evaluate
+from viscoin_core.eval import METRIC_KEYS, evaluate, evaluated
 from viscoin_core.eval.concepts import class_relevance, concept_pool, concept_relevance
 from viscoin_core.viz import figures
 
@@ -110,6 +110,8 @@ def tiny_run(tmp_path_factory):
 
 
 def test_evaluate_fills_every_design_key(tiny_run):
+    trained_only = "faithfulness" not in json.loads((tiny_run / "metrics.json").read_text())
+    assert evaluated(tiny_run) is not trained_only
     # n_images defaults to the run's eval_images (8 of the 27 test images)
     result = evaluate(tiny_run, consistency_samples=3, consistency_concepts=1, batch_size=8)
     stored = json.loads((tiny_run / "metrics.json").read_text())
@@ -124,7 +126,10 @@ def test_evaluate_fills_every_design_key(tiny_run):
     assert 0 <= stored["identification_in_class"] <= 100 and stored["identification_chance"] == pytest.approx(100 / 8)
     assert set(stored["consistency"]) >= {"mean", "std"}
     assert set(stored["factor_alignment"]["per_factor"]) == set(stored["factor_alignment"]["untrained"]["per_factor"])
-    assert (tiny_run / "relevance.pt").is_file()
+    assert evaluated(tiny_run)
+    relevance = torch.load(tiny_run / "relevance.pt", weights_only=True)   # what the figures read
+    assert relevance["r_kc"].shape == (len(relevance["class_names"]), 6)
+    assert len(relevance["images_index"]) == len(relevance["predicted"]) == len(relevance["labels"]) == 8
 
 
 def test_every_figure_function_runs_on_the_tiny_system(tiny_run, tmp_path):
@@ -165,7 +170,7 @@ def test_every_figure_function_runs_on_the_tiny_system(tiny_run, tmp_path):
 def test_figures_for_run_writes_the_set(tiny_run, tmp_path):
     if not (tiny_run / "relevance.pt").exists():
         evaluate(tiny_run, n_images=8, consistency_samples=3, consistency_concepts=1, batch_size=8)
-    figs = figures.figures_for_run(tiny_run, tmp_path, n_classes_shown=1, n_images=2, max_test_images=8)
+    figs = figures.figures_for_run(tiny_run, tmp_path, n_classes_shown=1, n_images=2)
     assert {"relevance_heatmap", "training_curves", "top_n_accuracy", "faithfulness", "factor_alignment",
             "reconstructions"} <= set(figs)
     assert any(name.startswith("concept_grid_") for name in figs)

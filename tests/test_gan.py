@@ -6,7 +6,8 @@ import torch
 from viscoin_core.config import ConfigError, parse_config
 from viscoin_core.nets import stylegan2
 from viscoin_core.train import gan
-from viscoin_core.train.loop import NonFiniteLoss, read_jsonl
+from viscoin_core.runs import read_jsonl
+from viscoin_core.train.loop import NonFiniteLoss
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,4 +1,4 @@
-"""Official network pickles and native checkpoints of viscoin_core.nets.stylegan2.
+"""Official network pickles (viscoin_core.nets.network_pkl) and native checkpoints (viscoin_core.nets.stylegan2).
 
 The pickles here are made the way StyleGAN2-ADA makes them: network objects reduce to
 `torch_utils.persistence._reconstruct_persistent_obj(meta)`, their state is the module __dict__
@@ -24,14 +24,13 @@ import numpy as np
 import pytest
 import torch
 
+from viscoin_core.nets.network_pkl import NetworkPickleError, load_network_pkl
 from viscoin_core.nets.stylegan2 import (
     Discriminator,
     Generator,
-    NetworkPickleError,
     load_discriminator,
     load_generator,
     load_network,
-    load_network_pkl,
     load_weights,
     save_discriminator,
     save_generator,

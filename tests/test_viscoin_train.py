@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from viscoin_core import losses
-from viscoin_core.config import ConfigError, load_config
+from viscoin_core import losses, model, runs
+from viscoin_core.config import ConfigError, load_config, to_dict
 from viscoin_core.data import ensure_prepared
 from viscoin_core.eval.metrics import build_lpips
 from viscoin_core.nets.classifier import build_classifier, save_classifier
@@ -28,13 +28,13 @@ def tiny(cache_dir, **kw):
                   eval_subset=4, final_eval_images=4, checkpoint_every=1000, lpips_backbone="random",
                   fid_features="classifier", lr=1e-3)
     params.update(kw)
-    return V.as_config(params)
+    return model.as_config(params)
 
 
 def make_trainer(cfg, n_classes=12):
-    f = V.build_f(cfg, n_classes)
-    G = V.build_G(cfg, 32)
-    return V.Trainer(cfg, f, G, V.build_parts(cfg, f, G, n_classes), build_lpips("random"), torch.device("cpu"))
+    f = model.build_f(cfg, n_classes)
+    G = model.build_G(cfg, 32)
+    return V.Trainer(cfg, f, G, model.build_parts(cfg, f, G, n_classes), build_lpips("random"), torch.device("cpu"))
 
 
 def snapshot(module):
@@ -62,10 +62,10 @@ def test_training_changes_only_psi_theta_omega_and_loss_falls(cache_dir):
 
 def test_synthetic_samples_carry_no_graph(cache_dir):
     cfg = tiny(cache_dir)
-    G = V.build_G(cfg, 32)
+    G = model.build_G(cfg, 32)
     with torch.no_grad():
         expected = G(V.synthetic_z(cfg, 0, G.z_dim), None, noise_mode="const")
-    tr = V.Trainer(tiny(cache_dir), V.build_f(cfg, 12), G, V.build_parts(cfg, V.build_f(cfg, 12), G, 12),
+    tr = V.Trainer(tiny(cache_dir), model.build_f(cfg, 12), G, model.build_parts(cfg, model.build_f(cfg, 12), G, 12),
                    torch.nn.Identity(), torch.device("cpu"))
     x = tr.sample_fake(V.synthetic_z(cfg, 0, G.z_dim))
     assert x.shape == (2, 3, 32, 32) and x.grad_fn is None and not x.requires_grad
@@ -94,12 +94,12 @@ def test_resume_is_exact(cache_dir, tmp_path):
     cfg = tiny(cache_dir, lr_schedule="code", w_bar="zeros_trainable", iterations=2, batch_real=1,
                batch_fake=1, final_eval_images=2)
     params = tmp_path / "p.yaml"
-    params.write_text("\n".join(f"{k}: {json.dumps(v)}" for k, v in V.to_dict(cfg).items()) + "\n")
+    params.write_text("\n".join(f"{k}: {json.dumps(v)}" for k, v in to_dict(cfg).items()) + "\n")
     assert V.main(["--params", str(params), "--run-dir", str(tmp_path / "whole")]) == 0
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     partial = V.train_viscoin(cfg, tmp_path / "resumed", stop_after=1)
     assert partial == {"iteration": 1, "finished": False}
-    assert loop.load_checkpoint(tmp_path / "resumed")["iteration"] == 1
+    assert runs.load_checkpoint(tmp_path / "resumed")["iteration"] == 1
     resumed = V.train_viscoin(cfg, tmp_path / "resumed")
     a = torch.load(tmp_path / "whole" / "viscoin.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "viscoin.pt", weights_only=True)
@@ -107,7 +107,7 @@ def test_resume_is_exact(cache_dir, tmp_path):
         for k in a[part]:
             assert torch.equal(a[part][k], b[part][k]), (part, k)
     assert whole == resumed
-    logs = [loop.read_jsonl(tmp_path / d / "log.jsonl") for d in ("whole", "resumed")]
+    logs = [runs.read_jsonl(tmp_path / d / "log.jsonl") for d in ("whole", "resumed")]
     assert [r["iteration"] for r in logs[0]] == [r["iteration"] for r in logs[1]]
     assert [r.get("total") for r in logs[0]] == [r.get("total") for r in logs[1]]
     final_test = [r for r in logs[0] if r["split"] == "test"][-1]   # 2 test images of different classes
@@ -116,7 +116,7 @@ def test_resume_is_exact(cache_dir, tmp_path):
         assert key in whole
     assert whole["lpips_backbone"] == "random" and whole["fid_features"] == "classifier"
 
-    system = V.load_viscoin(tmp_path / "whole")
+    system = model.load_viscoin(tmp_path / "whole")
     assert set(system) >= {"f", "G", "psi", "theta", "omega", "config"}
     assert not any(m.training for k, m in system.items() if k in ("f", "G", "psi", "theta", "omega"))
     for k, v in a["psi"].items():
@@ -136,7 +136,7 @@ def test_nan_stops_with_iteration_and_term_after_saving(cache_dir, tmp_path, mon
     monkeypatch.setattr(losses, "sparsity", sparsity_going_bad)
     with pytest.raises(loop.NonFiniteLoss, match=r"'sparsity'.*iteration 2"):
         V.train_viscoin(tiny(cache_dir), tmp_path / "run")
-    ckpt = loop.load_checkpoint(tmp_path / "run")
+    ckpt = runs.load_checkpoint(tmp_path / "run")
     assert ckpt["iteration"] == 2 and all(torch.isfinite(v).all() for v in ckpt["psi"].values())
 
 
@@ -153,7 +153,7 @@ def test_bad_config(cache_dir, change, match):
     params = dict(f="random", G="random", cache_dir=cache_dir)
     params.update(change)
     with pytest.raises(ConfigError, match=match):
-        V.as_config(params)
+        model.as_config(params)
 
 
 def test_mid_layer_beyond_generator(cache_dir, tmp_path):
@@ -168,7 +168,7 @@ def test_classifier_class_count_must_match_data(cache_dir, tmp_path):
 
 
 def test_smoke_params_parse():
-    smoke = load_config(V.ViscoinConfig, "params/smoke/viscoin.yaml")
+    smoke = load_config(model.ViscoinConfig, "params/smoke/viscoin.yaml")
     assert smoke.f == "random" and smoke.lpips_backbone == "random" and smoke.fid_features == "classifier"
 
 
@@ -183,19 +183,19 @@ def test_bf16_autocast_path_runs(cache_dir):
 def test_f_and_G_from_files(cache_dir, tmp_path):
     from viscoin_core.nets.stylegan2 import save_generator
     cfg = tiny(cache_dir)
-    f = V.build_f(cfg, 12)
+    f = model.build_f(cfg, 12)
     (tmp_path / "f").mkdir()
     save_classifier(f, tmp_path / "f" / "f.pt")   # a run directory holding f.pt
-    G = V.build_G(cfg, 32)
+    G = model.build_G(cfg, 32)
     save_generator(G, tmp_path / "G.pt")
     params = dict(f=str(tmp_path / "f"), G=str(tmp_path / "G.pt"), iterations=1, final_eval_images=2)
     V.train_viscoin(tiny(cache_dir, **params), tmp_path / "run")
-    system = V.load_viscoin(tmp_path / "run")
+    system = model.load_viscoin(tmp_path / "run")
     for k, v in f.state_dict().items():
         assert torch.equal(system["f"].state_dict()[k], v), k
     assert torch.equal(system["omega"].w_bar, G.mapping.w_avg)
 
     from viscoin_core.nets.stylegan2 import Generator
-    save_generator(V.freeze(Generator(**V._random_generator_kwargs(cfg, 64))), tmp_path / "G64.pt")
+    save_generator(model.freeze(Generator(**model._random_generator_kwargs(cfg, 64))), tmp_path / "G64.pt")
     with pytest.raises(ConfigError, match=r"'G'.*64 px.*32 px"):
         V.train_viscoin(tiny(cache_dir, G=str(tmp_path / "G64.pt")), tmp_path / "run64")

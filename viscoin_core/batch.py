@@ -11,7 +11,8 @@ executed notebook there. A run whose `metrics.json` exists is skipped unless `--
 interrupted batch resumes; a failed row is reported at the end and marked in the table, never
 dropped. `all` plans every table first, so a row that several tables share runs once, and rows run
 side by side (`--jobs`, or Slurm) as soon as the runs they read are finished. Table 8 lists every
-experiment's settings, generated from the parameter files.
+experiment's settings, generated from the parameter files. Making the tables from the runs'
+metrics is `viscoin_core.tables`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import argparse
 import ast
 import importlib
 import json
-import math
 import multiprocessing
 import os
 import sys
@@ -31,14 +31,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-import yaml
 from tqdm.auto import tqdm
 
 from viscoin_core.config import ConfigError, parse_config, read_params, repo_root
+from viscoin_core.runs import run_directory
+from viscoin_core.tables import (NUMBERED_TABLES, build_table, experiments_table, load_tables, table_note,
+                                 write_table)
 
 PROFILES = ("smoke", "demo", "mini", "paper", "rehearsal")
-NUMBERED_TABLES = tuple(f"table{i}" for i in range(1, 8))
 
 # The kernel's own log (not the notebook's output) at ERROR: ipykernel warns on every start that its
 # localhost TCP sockets are unencrypted, a line per row that says nothing about the row.
@@ -49,8 +49,8 @@ QUIET_KERNEL = ["--IPKernelApp.log_level=ERROR"]
 NOTEBOOK_CONFIGS = {
     "02_pretrain_classifier": "viscoin_core.train.classifier:ClassifierConfig",
     "03_finetune_generator": "viscoin_core.train.gan:GanConfig",
-    "04_cub_reproduction": "viscoin_core.train.viscoin:ViscoinConfig",
-    "05_nct_ablations": "viscoin_core.train.viscoin:ViscoinConfig",
+    "04_cub_reproduction": "viscoin_core.model:ViscoinConfig",
+    "05_nct_ablations": "viscoin_core.model:ViscoinConfig",
 }
 
 
@@ -69,19 +69,6 @@ class Run:
 
 # ---------------------------------------------------------------------------------------------
 # Reading tables and rows
-
-def load_tables(path: Path | None = None) -> dict:
-    """params/tables.yaml, checked for the keys every table and row needs."""
-    path = path or repo_root() / "params" / "tables.yaml"
-    tables = yaml.safe_load(Path(path).read_text())
-    for name, table in tables.items():
-        for key in ("title", "notebook", "stage", "columns", "rows"):
-            if key not in table:
-                raise ConfigError(f"{path}: table '{name}' lacks the key '{key}'")
-        for row in table["rows"]:
-            if "label" not in row or "params" not in row:
-                raise ConfigError(f"{path}: a row of '{name}' lacks 'label' or 'params': {row}")
-    return tables
 
 
 def notebook_parameters(notebook: Path) -> dict:
@@ -142,7 +129,7 @@ def plan(table: str, profile: str, seeds: int | None = None, tables: dict | None
         check_row(notebook, params_file, params)
         n_seeds = seeds or int(row.get("seeds", spec.get("seeds", 1)))
         for seed in range(n_seeds):
-            run_dir = root / "runs" / profile / spec["stage"] / params_file.stem / f"seed{seed}"
+            run_dir = run_directory(profile, spec["stage"], params_file.stem, seed, root)
             runs.append(Run(table, row["label"], notebook, params_file, params, run_dir, seed,
                             str(row.get("published", ""))))
     return runs
@@ -303,123 +290,6 @@ def _outcome(call, run: Run) -> str:
     return "done"
 
 
-# ---------------------------------------------------------------------------------------------
-# Tables
-
-def published_numbers(path: Path | None = None) -> dict:
-    return yaml.safe_load(Path(path or repo_root() / "params" / "reference_numbers.yaml").read_text())
-
-
-def lookup(tree: dict, dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(tree, dict) or part not in tree:
-            return None
-        tree = tree[part]
-    return tree
-
-
-def mean_std(values: list[float]) -> str:
-    """'m' for one value, 'm ± s' (sample std) for several; numbers to 4 significant digits."""
-    if not values:
-        return ""
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{mean:.4g}"
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    return f"{mean:.4g} ± {std:.2g}"
-
-
-def column_spec(ours: str, spec: Any) -> tuple[str, str, float]:
-    """(header, published key, scale for our value) of one table column."""
-    if isinstance(spec, str):
-        return ours, spec, 1.0
-    return spec.get("header", ours), spec["published"], float(spec.get("scale", 1.0))
-
-
-def build_table(table: str, profile: str, runs: list[Run], status: dict[Run, str] | None = None,
-                tables: dict | None = None, published: dict | None = None) -> pd.DataFrame:
-    """Our numbers (mean ± std over seeds) beside the published ones, one line per row of the table."""
-    tables = tables or load_tables()
-    published = published or published_numbers()
-    spec = tables[table]
-    status = status or {}
-    lines = []
-    for row in spec["rows"]:
-        row_runs = [r for r in runs if r.label == row["label"]]
-        metrics = [json.loads((r.run_dir / "metrics.json").read_text())
-                   for r in row_runs if (r.run_dir / "metrics.json").exists()]
-        failures = [status[r] for r in row_runs if status.get(r, "").startswith("failed")]
-        line = {"row": row["label"], "seeds": len(metrics)}
-        ref = lookup(published, f"{spec.get('published', '')}.{row.get('published', '')}") or {}
-        for ours, col in spec["columns"].items():
-            header, pub_key, scale = column_spec(ours, col)
-            values = [m[ours] * scale for m in metrics if isinstance(m.get(ours), (int, float))]
-            line[header] = mean_std(values) if values else ("failed" if failures else "not run")
-            if pub_key is not None:      # a column of ours alone (no published counterpart) gets no pair
-                line[f"{header} (published)"] = ref.get(pub_key) if isinstance(ref, dict) else None
-        line["fid_features"] = ", ".join(sorted({str(m.get("fid_features")) for m in metrics if "fid_features" in m}))
-        line["lpips_backbone"] = ", ".join(sorted({str(m.get("lpips_backbone")) for m in metrics if "lpips_backbone" in m}))
-        line["status"] = "; ".join(failures) if failures else ("ok" if metrics else "not run")
-        lines.append(line)
-    return pd.DataFrame(lines)
-
-
-def row_beside_published(metrics: dict, table: str, published_row: str, tables: dict | None = None,
-                         published: dict | None = None) -> pd.DataFrame:
-    """One run's numbers beside the published row of a table (what a notebook shows after a run)."""
-    tables = tables or load_tables()
-    published = published or published_numbers()
-    spec = tables[table]
-    ref = lookup(published, f"{spec.get('published', '')}.{published_row}") or {}
-    lines = []
-    for ours, col in spec["columns"].items():
-        header, pub_key, scale = column_spec(ours, col)
-        value = metrics.get(ours)
-        lines.append({"metric": header, "ours": value * scale if isinstance(value, (int, float)) else value,
-                      "published": ref.get(pub_key) if isinstance(ref, dict) else None})
-    return pd.DataFrame(lines).set_index("metric")
-
-
-def experiments_table(profile: str, tables: dict | None = None, root: Path | None = None) -> pd.DataFrame:
-    """Table 8: every experiment of Tables 1-7 in a profile with the settings its parameter file gives."""
-    root = root or repo_root()
-    tables = tables or load_tables(root / "params" / "tables.yaml")
-    lines = []
-    for name in NUMBERED_TABLES:
-        for row in tables.get(name, {}).get("rows", []):
-            path = root / "params" / profile / row["params"]
-            params = read_params(path) if path.is_file() else {}
-            lines.append({"table": name, "row": row["label"], "params": f"params/{profile}/{row['params']}",
-                          **{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in params.items()}})
-    return pd.DataFrame(lines)
-
-
-def markdown(df: pd.DataFrame) -> str:
-    """A pipe table of a DataFrame (empty cells for missing values)."""
-    cells = df.astype(object).where(df.notna(), "")
-    header = "| " + " | ".join(map(str, df.columns)) + " |"
-    rule = "|" + "|".join("---" for _ in df.columns) + "|"
-    body = ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in cells.itertuples(index=False)]
-    return "\n".join([header, rule, *body])
-
-
-def write_table(df: pd.DataFrame, out_dir: Path, name: str, title: str, note: str) -> Path:
-    """results/<profile>/<name>.csv and .md (title, the table, a note of what was used)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out_dir / f"{name}.csv", index=False)
-    text = f"# {title}\n\n{markdown(df)}\n\n{note}\n"
-    (out_dir / f"{name}.md").write_text(text)
-    return out_dir / f"{name}.md"
-
-
-def table_note(profile: str, command: str) -> str:
-    standins = "" if profile == "paper" else (
-        f" Profile `{profile}` runs on the synthetic stand-ins: CUB-200 -> toybirds, NCT-CRC-HE -> toytissue,"
-        " so published numbers are context, not targets.")
-    return (f"Made by `{command}`. Published values: params/reference_numbers.yaml. "
-            f"`fid_features` and `lpips_backbone` name the feature extractor and LPIPS network used.{standins}")
-
-
 def run_tables(names: list[str], profile: str, seeds: int | None = None, force: bool = False,
                root: Path | None = None, executor=None, jobs: int = 1) -> dict[str, tuple[Path, dict]]:
     """Plan every named table, execute all their runs together (a row shared by several tables runs
@@ -462,7 +332,7 @@ def run_figures(profile: str, root: Path | None = None) -> Path:
     import papermill
 
     root = root or repo_root()
-    run_dir = f"runs/{profile}/viscoin/viscoin_cub/seed0"
+    run_dir = str(run_directory(profile, "viscoin", "viscoin_cub", 0, root).relative_to(root))
     out_dir = root / "results" / profile / "figures"
     out_dir.mkdir(parents=True, exist_ok=True)
     papermill.execute_notebook(str(root / "notebooks" / "06_qualitative_figures.ipynb"),

@@ -133,7 +133,7 @@ def bench_gan(args: argparse.Namespace) -> None:
     """
     from viscoin_core.config import parse_config
     from viscoin_core.train import gan
-    from viscoin_core.train.loop import pick_device
+    from viscoin_core.runs import pick_device
 
     device = pick_device(args.device)
     cases = [("small", 32, 16), ("small", 64, 16)] if args.size == "smoke" else [("paper256", 256, 16)]
@@ -175,7 +175,7 @@ def bench_classifier(args: argparse.Namespace) -> None:
     import torch.nn.functional as F
 
     from viscoin_core.nets.classifier import build_classifier
-    from viscoin_core.train.loop import pick_device
+    from viscoin_core.runs import pick_device
 
     device = pick_device(args.device)
     cases = [("resnet18", 32, 32), ("resnet18", 64, 32)] if args.size == "smoke" else [("resnet50", 256, 32)]
@@ -204,14 +204,15 @@ def bench_viscoin(args) -> None:
     throughout (LPIPS-VGG with a random trunk: the same network and cost, no download)."""
     import os
 
+    from viscoin_core import streams
     from viscoin_core.config import parse_config
     from viscoin_core.eval.metrics import build_lpips
     from viscoin_core.nets.stylegan2 import paper256_kwargs
-    from viscoin_core.train import loop
-    from viscoin_core.train.viscoin import (Trainer, ViscoinConfig, _random_generator_kwargs, build_f, build_parts,
-                                            random_generator, synthetic_z)
+    from viscoin_core.model import ViscoinConfig, _random_generator_kwargs, build_f, build_parts, random_generator
+    from viscoin_core.runs import pick_device
+    from viscoin_core.train.viscoin import Trainer, synthetic_z
 
-    device = loop.pick_device(args.device)
+    device = pick_device(args.device)
     paper = args.size == "paper"
     resolution, n_classes = (256, 200) if paper else (32, 12)
     cfg = parse_config(ViscoinConfig, dict(
@@ -221,7 +222,8 @@ def bench_viscoin(args) -> None:
         batch_fake=8 if paper else 4, compile=bool(getattr(args, "compile", False)),
         amp=getattr(args, "amp", "auto")))
     f = build_f(cfg, n_classes)
-    G = random_generator(paper256_kwargs()[0] if paper else _random_generator_kwargs(cfg, resolution), cfg.seed)
+    G = random_generator(paper256_kwargs()[0] if paper else _random_generator_kwargs(cfg, resolution),
+                         streams.stream_seed(cfg.seed, "viscoin.init_G"))
     trainer = Trainer(cfg, f, G, build_parts(cfg, f, G, n_classes), build_lpips("random"), device)
     x_real = torch.rand(cfg.batch_real, 3, resolution, resolution) * 2 - 1
     it = iter(range(10**9))
@@ -260,7 +262,7 @@ def bench_generator(args) -> None:
     import os
 
     from viscoin_core.nets.stylegan2 import Generator, paper256_kwargs, small_generator_kwargs
-    from viscoin_core.train.loop import pick_device
+    from viscoin_core.runs import pick_device
 
     device = pick_device(args.device)
     paper = args.size == "paper"
@@ -296,16 +298,16 @@ def bench_eval(args) -> None:
     K = 16, batch 16; paper: ResNet-50 at 256 px, StyleGAN2 paper256, K = 256, batch 16."""
     import os
 
+    from viscoin_core import streams
     from viscoin_core.config import parse_config
     from viscoin_core.eval.concepts import System, faithfulness_batch
     from viscoin_core.eval.metrics import classifier_extractor
     from viscoin_core.nets.stylegan2 import paper256_kwargs
     from viscoin_core.nets.viscoin import reconstruct
-    from viscoin_core.train import loop
-    from viscoin_core.train.viscoin import (ViscoinConfig, _random_generator_kwargs, build_f, build_parts,
-                                            random_generator)
+    from viscoin_core.model import ViscoinConfig, _random_generator_kwargs, build_f, build_parts, random_generator
+    from viscoin_core.runs import pick_device
 
-    device = loop.pick_device(args.device)
+    device = pick_device(args.device)
     paper = args.size == "paper"
     resolution, n_classes, batch = (256, 200, 16) if paper else (32, 12, 16)
     cfg = parse_config(ViscoinConfig, dict(
@@ -313,7 +315,8 @@ def bench_eval(args) -> None:
         n_concepts=256 if paper else 16, latent_channels=512 if paper else 32,
         coarse_layer=3 if paper else 2, mid_layer=12 if paper else 5))
     f = build_f(cfg, n_classes).to(device)
-    G = random_generator(paper256_kwargs()[0] if paper else _random_generator_kwargs(cfg, resolution), cfg.seed).to(device)
+    G = random_generator(paper256_kwargs()[0] if paper else _random_generator_kwargs(cfg, resolution),
+                         streams.stream_seed(cfg.seed, "viscoin.init_G")).to(device)
     parts = {k: m.to(device).eval() for k, m in build_parts(cfg, f, G, n_classes).items()}
     system = System(f=f, psi=parts["psi"], theta=parts["theta"],
                     decode=lambda phi, phi_prime: reconstruct(G, parts["omega"], phi, phi_prime))
@@ -358,7 +361,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--allocator", default="keep", choices=["keep", "default"],
                         help="CPU: 'keep' freed memory for reuse, as training does (see loop.keep_freed_memory)")
     args = parser.parse_args(argv)
-    from viscoin_core.train.loop import keep_freed_memory, pick_device
+    from viscoin_core.runs import pick_device
+    from viscoin_core.train.loop import keep_freed_memory
     if pick_device(args.device).type == "cpu" and args.allocator == "keep":
         keep_freed_memory()
     module_name, func_name = BENCHMARKS[args.name].split(":")

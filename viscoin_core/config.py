@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 import types
 import typing
 from pathlib import Path
@@ -161,26 +160,21 @@ def load_config(cls: type, path: str | Path | None = None, **overrides: Any) -> 
     return parse_config(cls, params, source=str(path) if path is not None else "parameters")
 
 
+def config_from(cls: type, config: Any, source: str = "parameters") -> Any:
+    """A `cls` from itself, a flat mapping (`source` names it in errors) or a YAML parameter file
+    (a path, relative to the repository root when not absolute)."""
+    if isinstance(config, cls):
+        return config
+    if isinstance(config, (str, Path)):
+        return parse_config(cls, read_params(resolve_path(config)), source=str(config))
+    return parse_config(cls, dict(config), source=source)
+
+
 def to_dict(config: Any) -> dict:
     """A JSON-friendly dict of a config (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
-
-
-def git_commit() -> str | None:
-    """The checkout's commit hash, or None outside a git checkout."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def describe_run(config: Any) -> dict:
-    """Everything a run directory's config.json records: the resolved config, version and commit."""
-    from viscoin_core import __version__
-    return {"config": to_dict(config), "config_class": type(config).__name__,
-            "package_version": __version__, "git_commit": git_commit()}
+    # A JSON round trip: tuples become lists, as config.json will hold them. parse_config admits only
+    # JSON values, so nothing needs converting.
+    return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
 def repo_root(start: str | Path | None = None) -> Path:
@@ -194,3 +188,11 @@ def repo_root(start: str | Path | None = None) -> Path:
         if (folder / "pyproject.toml").is_file() and (folder / "viscoin_core").is_dir():
             return folder
     return Path(__file__).resolve().parents[1]
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A path from a parameter file or a command line: absolute as given (after `~`), else relative
+    to the repository root (`repo_root`), wherever the process runs from."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else repo_root() / path
+

@@ -66,8 +66,9 @@ def make_rehearsal_inputs(device: str) -> None:
 
 def run_row(params_file: str, device: str, run_dir: Path) -> dict:
     """The row trained and evaluated on `device` in float32: its log records and final metrics."""
-    from viscoin_core.train.loop import read_jsonl
-    from viscoin_core.train.viscoin import ViscoinConfig, train_viscoin
+    from viscoin_core.model import ViscoinConfig
+    from viscoin_core.runs import read_jsonl
+    from viscoin_core.train.viscoin import train_viscoin
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     cfg = load_config(ViscoinConfig, repo_root() / params_file, device=device, amp="off")

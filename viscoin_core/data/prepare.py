@@ -21,7 +21,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from viscoin_core.config import ConfigError, param, parse_config, read_params, repo_root, to_dict
+from viscoin_core.config import ConfigError, config_from, param, parse_config, read_params, resolve_path, to_dict
 from viscoin_core.data import synthetic
 from viscoin_core.data.cache import (FORMAT_VERSION, MANIFEST, SPLITS, DataError, RawDataset, array_path,
                                      cache_is_complete, checksum, file_lock, read_manifest, remove_cache, write_manifest)
@@ -56,21 +56,9 @@ class DataConfig:
                               f"dataset {self.dataset!r} takes 'center'")
 
 
-def resolve(path: str | Path) -> Path:
-    """A parameter path: absolute as given, else relative to the repository root."""
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else repo_root() / path
-
-
 def as_config(config: DataConfig | Mapping[str, Any] | str | Path) -> DataConfig:
-    """A DataConfig from itself, a flat mapping or a YAML parameter file."""
-    if isinstance(config, DataConfig):
-        return config
-    if isinstance(config, (str, Path)):
-        path = Path(config)
-        path = path if path.is_file() else resolve(path)  # relative to the repository root, like every path here
-        return parse_config(DataConfig, read_params(path), source=str(config))
-    return parse_config(DataConfig, dict(config), source="data parameters")
+    """A DataConfig from itself, a flat mapping or a YAML parameter file (relative to the repository root)."""
+    return config_from(DataConfig, config, source="data parameters")
 
 
 def read_raw(config: DataConfig, root: Path) -> RawDataset:
@@ -199,7 +187,7 @@ def record(row, array, reason, images, ok, rejected, part, root) -> None:
 def prepare(config: DataConfig | Mapping[str, Any] | str | Path, force: bool = False) -> Path:
     """Build the cache described by `config` (or reuse a matching one); returns the manifest path."""
     config = as_config(config)
-    root, cache_dir = resolve(config.root), resolve(config.cache_dir)
+    root, cache_dir = resolve_path(config.root), resolve_path(config.cache_dir)
     with file_lock(cache_dir.parent / f".{cache_dir.name}.lock"):
         if config.dataset in synthetic.DATASETS:
             with file_lock(root.parent / f".{root.name}.lock"):

@@ -103,7 +103,8 @@ def save_synthetic_grids(out_dir: str | Path = "results/synthetic", resolution: 
     import tempfile
 
     from viscoin_core.data.cache import load_split
-    from viscoin_core.data.prepare import prepare, resolve
+    from viscoin_core.data.prepare import prepare
+    from viscoin_core.config import resolve_path
 
     out = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -112,6 +113,6 @@ def save_synthetic_grids(out_dir: str | Path = "results/synthetic", resolution: 
                                 "resolution": resolution, "n_per_class": examples_per_class, "seed": seed})
             test = load_split(manifest.parent, "test")
             title = f"{dataset}: {examples_per_class} test images per class, {resolution} px, seed {seed}"
-            out.append(save_class_grid(test, resolve(out_dir) / f"{dataset}_grid.png", examples_per_class,
+            out.append(save_class_grid(test, resolve_path(out_dir) / f"{dataset}_grid.png", examples_per_class,
                                        None, seed, title, dpi=100))
     return out

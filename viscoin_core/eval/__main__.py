@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    from viscoin_core.train.loop import pick_device
+    from viscoin_core.runs import json_ready, pick_device
     result = evaluate(args.run_dir, n_images=args.n_images, device=str(pick_device(args.device)),
                       batch_size=args.batch_size, seed=args.seed, fid_features=args.fid_features,
                       lpips_backbone=args.lpips_backbone, n_train_images=args.n_train_images,
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {k: v for k, v in result.items() if not isinstance(v, dict)}
     summary["consistency"] = {k: result["consistency"][k] for k in ("mean", "std", "n_concepts")}
     summary["faithfulness"] = result["faithfulness"]
-    print(json.dumps(summary, indent=2, default=str))
+    print(json.dumps(json_ready(summary), indent=2))
     return 0
 
 

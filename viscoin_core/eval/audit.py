@@ -28,7 +28,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from viscoin_core.nets.classifier import IMAGENET_MEAN, IMAGENET_STD
 
@@ -55,58 +54,31 @@ def code_fid_inputs(x_real: torch.Tensor, x_fake: torch.Tensor) -> tuple[torch.T
 def audit(run_dir: str | Path, n_images: int | None = 256, device: str = "cpu", batch_size: int = 32,
           seed: int = 0, threshold: float = 0.2, code_multiplier: float = 1.0, write: bool = True) -> dict:
     """Both measurements on (a fixed random subset of) `n_images` test images; see the module docstring."""
+    from viscoin_core import streams
     from viscoin_core.eval import load_system_and_test_split
     from viscoin_core.eval import concepts as C
-    from viscoin_core.eval import metrics as M
+    from viscoin_core.eval.passes import fid_kid, image_pass
 
     system, test, _ = load_system_and_test_split(run_dir, device)
-    index = C._subset(len(test), n_images, torch.Generator().manual_seed(seed))
-    feats = {k: [] for k in ("real", "fake", "code_real", "code_fake", "code_perfect")}
-    p_lambda1, p_rec, seen = [], [], {"real": [], "fake": []}
-    per_tau = {t: {"ff": [], "ff_random": [], "n_removed": []} for t in C.FAITHFULNESS_TAUS}
-    g = torch.Generator().manual_seed(seed + 2)
-    f = system.f
-    for chunk in tqdm(index.split(batch_size), desc="audit"):
-        x = torch.stack([test[int(i)][0] for i in chunk]).to(device)
-        phi, phi_prime = system.concepts(x)
-        x_rec = system.reconstruct(phi, phi_prime).float()
-        code_real, code_fake = code_fid_inputs(x, x_rec)
-        _, code_perfect = code_fid_inputs(x, x)
-        for key, images in (("real", x), ("fake", x_rec), ("code_real", code_real), ("code_fake", code_fake),
-                            ("code_perfect", code_perfect)):
-            feats[key].append(f.penultimate(images).double().cpu())
-        seen["real"].append(code_real.cpu())
-        seen["fake"].append(code_fake.cpu())
-        # Item 5: the code's number, amplifying the concepts with r_k > threshold by 1.
-        predicted = system.theta(phi).argmax(dim=1)
-        selected = C.concept_relevance(phi, system.theta, predicted) > threshold
-        amplified = phi * torch.where(selected, code_multiplier, 1.0)[:, :, None, None]
-        p1 = F.softmax(system.g_logits(system.reconstruct(amplified, phi_prime)), dim=1)
-        p_lambda1.append(p1.gather(1, predicted[:, None]).squeeze(1).cpu())
-        out = C.faithfulness_batch(system, phi, phi_prime, C.FAITHFULNESS_TAUS, g)
-        p_rec.append(out["p_rec"].cpu())
-        for t in per_tau:
-            for key in per_tau[t]:
-                per_tau[t][key].append(out[t][key].cpu())
-    feats = {k: torch.cat(v) for k, v in feats.items()}
+    index = C._subset(len(test), n_images, streams.generator(seed, "eval.test_subset"))
+    out = image_pass(_audit_batch(system, threshold, code_multiplier), test, index, batch_size, device, desc="audit")
     n = len(index)
-
-    def fid_kid(a, b):
-        kid, kid_std = M.kid_from_features(feats[a], feats[b], subset_size=min(1000, n), seed=seed)
-        return {"fid": M.fid_from_features(feats[a], feats[b]), "kid": kid, "kid_std": kid_std}
-    seen = {k: torch.cat(v) for k, v in seen.items()}
+    kid_seed = streams.stream_seed(seed, "eval.kid")
     item4 = {
         "features": "classifier (f.penultimate); Inception weights are not available offline",
-        "correct": fid_kid("real", "fake"),
-        "code": fid_kid("code_real", "code_fake"),
-        "correct_perfect_reconstruction": fid_kid("real", "real"),
-        "code_perfect_reconstruction": fid_kid("code_real", "code_perfect"),
+        "correct": fid_kid(out["real"], out["fake"], kid_seed),
+        "code": fid_kid(out["code_real"], out["code_fake"], kid_seed),
+        "correct_perfect_reconstruction": fid_kid(out["real"], out["real"], kid_seed),
+        "code_perfect_reconstruction": fid_kid(out["code_real"], out["code_perfect"], kid_seed),
         "input_seen_by_network": {k: {"min": float(v.min()), "max": float(v.max()), "std": float(v.std())}
-                                  for k, v in seen.items()},
+                                  for k, v in (("real", out["seen_real"]), ("fake", out["seen_fake"]))},
         "input_correct_std": float(torch.stack([test[int(i)][0] for i in index[:64]]).std()),
     }
-    p_lambda1, p_rec = torch.cat(p_lambda1).double(), torch.cat(p_rec).double()
-    summary = C.summarise_faithfulness(per_tau, n)
+    # The paper's faithfulness on the same images, from the concepts the pass found.
+    pool = C.ConceptPool(index, out["phi"], out["phi_prime"], out["activations"], out["predicted"], out["labels"])
+    summary = C.faithfulness(system, pool, n_images=None, batch_size=batch_size,
+                             seed=streams.stream_seed(seed, "eval.faithfulness"))
+    p_lambda1, p_rec = out["p_lambda1"].double(), summary["p_rec"].double()
     item5 = {
         "code_faithfulness_mean": float(p_lambda1.mean()), "code_faithfulness_std": float(p_lambda1.std(unbiased=False)),
         "code_threshold": threshold, "code_multiplier": code_multiplier,
@@ -117,9 +89,34 @@ def audit(run_dir: str | Path, n_images: int | None = 256, device: str = "cpu", 
     }
     result = {"run_dir": str(run_dir), "n_images": n, "item4_fid_inputs": item4, "item5_faithfulness": item5}
     if write:
-        from viscoin_core.train.loop import write_json_atomic
+        from viscoin_core.runs import write_json_atomic
         write_json_atomic(Path(run_dir) / "audit.json", result)
     return result
+
+
+def _audit_batch(system, threshold: float, code_multiplier: float):
+    """What the audit keeps of each batch x: f's features of the correct and the released code's FID
+    inputs, the ranges those inputs reach the network in, the code's "faithfulness" p_g(c^ | x~ with
+    the concepts of r_k > threshold times code_multiplier), and the concept maps for the paper's."""
+    from viscoin_core.eval import concepts as C
+
+    def batch(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        phi, phi_prime = system.concepts(x)
+        x_rec = system.reconstruct(phi, phi_prime).float()
+        code_real, code_fake = code_fid_inputs(x, x_rec)
+        _, code_perfect = code_fid_inputs(x, x)
+        values = {key: system.f.penultimate(images).double()
+                  for key, images in (("real", x), ("fake", x_rec), ("code_real", code_real),
+                                      ("code_fake", code_fake), ("code_perfect", code_perfect))}
+        # Item 5: the code's number, amplifying the concepts with r_k > threshold by code_multiplier.
+        predicted = system.theta(phi).argmax(dim=1)
+        selected = C.concept_relevance(phi, system.theta, predicted) > threshold
+        amplified = phi * torch.where(selected, code_multiplier, 1.0)[:, :, None, None]
+        p1 = F.softmax(system.g_logits(system.reconstruct(amplified, phi_prime)), dim=1)
+        return {**values, "seen_real": code_real, "seen_fake": code_fake,
+                "p_lambda1": p1.gather(1, predicted[:, None]).squeeze(1), "phi": phi, "phi_prime": phi_prime,
+                "activations": C.pool(system.theta, phi), "predicted": predicted}
+    return batch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    from viscoin_core.train.loop import pick_device
+    from viscoin_core.runs import pick_device
     result = audit(args.run_dir, args.n_images or None, str(pick_device(args.device)), args.batch_size, args.seed)
     print(json.dumps(result, indent=2))
     return 0

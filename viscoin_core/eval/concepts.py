@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -193,21 +193,33 @@ def faithfulness(system: System, images, taus: Sequence[float] = FAITHFULNESS_TA
                  batch_size: int = 32, seed: int = 0) -> dict:
     """Median FF over at most `n_images` test images (a random subset when there are more), per tau.
 
-    `images`: an (N, 3, H, W) tensor or a Dataset of (image, label) in [-1, 1].
+    `images`: an (N, 3, H, W) tensor or a Dataset of (image, label) in [-1, 1], or the ConceptPool of
+    a pass over them (its Phi and Phi' are used as they are, without running f and Psi again).
     Returns {'faithfulness': {tau: median}, 'faithfulness_random': {tau: median},
-    'removed': {tau: mean number of concepts switched off}, 'n_images'}.
+    'removed': {tau: mean number of concepts switched off}, 'n_images', 'p_rec': p_g(c^ | x~) (n,)}.
     """
     g = torch.Generator().manual_seed(seed)
-    index = _subset(len(images), n_images, g)
+    index = _subset(len(images.phi) if isinstance(images, ConceptPool) else len(images), n_images, g)
     per_tau = {float(t): {"ff": [], "ff_random": [], "n_removed": []} for t in taus}
-    for batch in tqdm(_batches(images, index, batch_size), desc="faithfulness", leave=False,
-                      total=-(-len(index) // batch_size)):
-        phi, phi_prime = system.concepts(batch)
+    p_rec = []
+    for chunk in tqdm(index.split(batch_size), desc="faithfulness", leave=False):
+        phi, phi_prime = _concepts_of(system, images, chunk)
         result = faithfulness_batch(system, phi, phi_prime, taus, g)
+        p_rec.append(result["p_rec"].cpu())
         for t in per_tau:
             for key in per_tau[t]:
                 per_tau[t][key].append(result[t][key].cpu())
-    return summarise_faithfulness(per_tau, len(index))
+    return {**summarise_faithfulness(per_tau, len(index)), "p_rec": torch.cat(p_rec)}
+
+
+def _concepts_of(system: System, images, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Phi, Phi') of images[rows] on the system's device: a ConceptPool's own, else from f and Psi."""
+    if isinstance(images, ConceptPool):
+        device = system.theta.linear.weight.device
+        return images.phi[rows].to(device), images.phi_prime[rows].to(device)
+    if isinstance(images, torch.Tensor):
+        return system.concepts(images[rows])
+    return system.concepts(torch.stack([_image(images[int(i)]) for i in rows]))
 
 
 def summarise_faithfulness(per_tau: dict, n_images: int) -> dict:
@@ -223,14 +235,6 @@ def _subset(n: int, k: int | None, generator: torch.Generator) -> torch.Tensor:
     if k is None or k >= n:
         return torch.arange(n)
     return torch.randperm(n, generator=generator)[:k].sort().values
-
-
-def _batches(images, index: torch.Tensor, batch_size: int) -> Iterable[torch.Tensor]:
-    for chunk in index.split(batch_size):
-        if isinstance(images, torch.Tensor):
-            yield images[chunk]
-        else:
-            yield torch.stack([_image(images[int(i)]) for i in chunk])
 
 
 def _image(item) -> torch.Tensor:

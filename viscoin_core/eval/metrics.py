@@ -408,6 +408,6 @@ def _read_cache(path, key: dict) -> torch.Tensor | None:
 
 
 def _write_cache(path, key: dict, feats: torch.Tensor) -> None:
-    from viscoin_core.train.loop import save_atomic
+    from viscoin_core.runs import save_atomic
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_atomic({"key": key, "features": feats}, path)

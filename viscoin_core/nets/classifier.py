@@ -111,7 +111,7 @@ def build_classifier(arch: str = "resnet50", n_classes: int = 200, pretrained: b
 
 def save_classifier(f: Classifier, path: str | Path, class_names: list[str] | None = None) -> None:
     """Write f as {'kwargs', 'state_dict', 'class_names'} (atomic: temporary file, then rename)."""
-    from viscoin_core.train.loop import save_atomic
+    from viscoin_core.runs import save_atomic
     names = class_names if class_names is not None else f.class_names
     record = {"kwargs": {"arch": f.arch, "n_classes": f.n_classes},
               "state_dict": {k: v.detach().cpu() for k, v in f.state_dict().items()}}

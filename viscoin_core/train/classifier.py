@@ -25,12 +25,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from viscoin_core.config import ConfigError, load_config, param, repo_root
+from viscoin_core import streams
+from viscoin_core.config import ConfigError, load_config, param, resolve_path
 from viscoin_core.nets.classifier import build_classifier, load_classifier, save_classifier
+from viscoin_core.runs import (append_jsonl, load_checkpoint, pick_device, prepare_run_dir, read_metrics, run_directory,
+                               save_atomic, truncate_log, write_metrics)
 from viscoin_core.train import loop
-from viscoin_core.train.loop import (append_jsonl, check_finite, load_checkpoint, pick_device, prepare_run_dir,
-                                     read_metrics, rng_state, save_atomic, seed_everything, set_rng_state,
-                                     truncate_log, write_metrics)
+from viscoin_core.train.loop import check_finite, rng_state, seed_everything, set_rng_state
 
 
 @dataclass
@@ -62,14 +63,6 @@ class ClassifierConfig:
 
 # ---------------------------------------------------------------------------------------------
 
-def resolve_path(path: str | Path) -> Path:
-    """A parameter path as given if it exists from here, else relative to the repo root."""
-    path = Path(path)
-    if path.is_absolute() or path.exists():
-        return path
-    return repo_root() / path
-
-
 def count_correct(logits: torch.Tensor, labels: torch.Tensor) -> int:
     """Number of rows whose argmax equals the label. logits (B, C), labels (B,).
 
@@ -94,7 +87,7 @@ def class_weight_tensor(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
 
 def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Fixed random split of the training indices into (train, validation) parts."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    order = torch.randperm(n, generator=streams.generator(seed, "classifier.val_split")).tolist()
     n_val = max(1, round(n * val_fraction))
     if n_val >= n:
         raise ValueError(f"val_fraction {val_fraction} leaves no training images out of {n}")
@@ -213,7 +206,7 @@ def train_classifier(config: ClassifierConfig, run_dir: str | Path) -> dict:
         started = time.time()
         loader = DataLoader(train_part, batch_size=config.batch_size, shuffle=True, drop_last=drop_last,
                             num_workers=config.num_workers,
-                            generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+                            generator=streams.generator(config.seed, "classifier.epoch_order", epoch))
         f.train()
         loss_sum, correct, n = 0.0, 0, 0
         for x, y in tqdm(loader, desc=f"f epoch {epoch + 1}/{config.epochs}", leave=False):
@@ -263,7 +256,7 @@ def train_classifier(config: ClassifierConfig, run_dir: str | Path) -> dict:
 def default_run_dir(params_file: str | Path, seed: int = 0) -> Path:
     """runs/<profile>/f/<stem>/seed<k> for params/<profile>/<stem>.yaml: where `batch` puts that row's run."""
     params_file = resolve_path(params_file)
-    return repo_root() / "runs" / params_file.parent.name / "f" / params_file.stem / f"seed{seed}"
+    return run_directory(params_file.parent.name, "f", params_file.stem, seed)
 
 
 def ensure_classifier(source: str | Path) -> Path:

@@ -45,19 +45,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from viscoin_core.config import ConfigError, param, repo_root
-from viscoin_core.nets import stylegan2
+from viscoin_core.config import ConfigError, param, resolve_path
+from viscoin_core.nets import network_pkl, stylegan2
+from viscoin_core import streams
+from viscoin_core.runs import (append_jsonl, load_checkpoint, pick_device, prepare_run_dir, read_jsonl, read_metrics,
+                               save_atomic, truncate_log, write_metrics)
 from viscoin_core.train import augment as ada
 from viscoin_core.train import loop
-from viscoin_core.train.loop import (NonFiniteLoss, append_jsonl, check_finite, load_checkpoint, pick_device,
-                                     prepare_run_dir, read_jsonl, read_metrics, save_atomic, seed_everything,
-                                     truncate_log, write_metrics)
+from viscoin_core.train.loop import NonFiniteLoss, check_finite, seed_everything
 
 AUGMENT_MODES = ("ada", "fixed", "none")
 ARCHS = ("small", "paper256")
@@ -173,17 +173,7 @@ def update_ema(G_ema: torch.nn.Module, G: torch.nn.Module, beta: float) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Randomness: one generator per (seed, step, purpose), draws for the whole global batch.
-
-PURPOSES = ("reals", "mirror", "z_gmain", "z_greg", "z_dmain", "mix", "aug_gmain", "aug_dgen", "aug_dreal",
-            "aug_dreg", "pl_noise", "noise")
-
-
-def step_generator(seed: int, step: int, purpose: str) -> torch.Generator:
-    """A CPU generator seeded from (seed, step, purpose) only: any process at any time draws the same."""
-    state = np.random.SeedSequence([seed, step, PURPOSES.index(purpose)]).generate_state(2, dtype=np.uint64)
-    return torch.Generator().manual_seed(int(state[0] % (2**63 - 1)))
-
+# Randomness: one generator per (seed, step, purpose) (`streams`, gan.<purpose>), draws for the whole global batch.
 
 def batch_indices(step: int, batch: int, n: int, seed: int) -> torch.Tensor:
     """Indices of step's global batch: epochs of fresh permutations (seeded by epoch), read in order."""
@@ -191,7 +181,7 @@ def batch_indices(step: int, batch: int, n: int, seed: int) -> torch.Tensor:
     epochs = positions // n
     out = torch.empty(batch, dtype=torch.long)
     for epoch in epochs.unique().tolist():
-        perm = torch.randperm(n, generator=step_generator(seed, epoch, "reals"))
+        perm = torch.randperm(n, generator=streams.generator(seed, "gan.reals", epoch))
         mask = epochs == epoch
         out[mask] = perm[positions[mask] % n]
     return out
@@ -212,20 +202,20 @@ class StepDraws:
 def draw_step(config: GanConfig, step: int, n_data: int, z_dim: int, num_ws: int, channels: int,
               resolution: int, p: float) -> StepDraws:
     b, seed = config.batch, config.seed
-    g = step_generator(seed, step, "mirror")
+    g = streams.generator(seed, "gan.mirror", step)
     mirror = (torch.rand(b, generator=g) < 0.5) & config.mirror
     z, mix_z, cutoff = {}, {}, {}
-    gm = step_generator(seed, step, "mix")
+    gm = streams.generator(seed, "gan.mix", step)
     for phase in ("gmain", "greg", "dmain"):
-        z[phase] = torch.randn(b, z_dim, generator=step_generator(seed, step, f"z_{phase}"))
+        z[phase] = torch.randn(b, z_dim, generator=streams.generator(seed, f"gan.z_{phase}", step))
         mix_z[phase] = torch.randn(b, z_dim, generator=gm)
         cut = torch.randint(1, max(num_ws, 2), (b,), generator=gm)
         mixed = torch.rand(b, generator=gm) < config.style_mixing
         cutoff[phase] = torch.where(mixed, cut, torch.full_like(cut, num_ws))
-    aug = {name: ada.sample_augment(b, p, resolution, resolution, step_generator(seed, step, f"aug_{name}"),
+    aug = {name: ada.sample_augment(b, p, resolution, resolution, streams.generator(seed, f"gan.aug_{name}", step),
                                     config.augpipe)
            for name in ("gmain", "dgen", "dreal", "dreg")}
-    pl_noise = torch.randn(b, channels, resolution, resolution, generator=step_generator(seed, step, "pl_noise"))
+    pl_noise = torch.randn(b, channels, resolution, resolution, generator=streams.generator(seed, "gan.pl_noise", step))
     return StepDraws(batch_indices(step, b, n_data, seed), mirror, z, mix_z, cutoff, aug, pl_noise)
 
 
@@ -336,7 +326,7 @@ def train_step(state: GanState, config: GanConfig, reals_of: Callable[[torch.Ten
     rounds = [torch.arange(rank * local + k * bg, rank * local + (k + 1) * bg) for k in range(local // bg)]
     n_rounds = cfg.batch // bg                         # over all processes
     step = state.step
-    torch.manual_seed(step_generator(cfg.seed, step, "noise").initial_seed() + rank)  # G's per-layer noise
+    torch.manual_seed(streams.stream_seed(cfg.seed, "gan.noise", step) + rank)  # G's per-layer noise
     logs: dict[str, float] = {}
 
     def add(name: str, value: torch.Tensor, weight: float) -> None:
@@ -452,13 +442,6 @@ def all_reduce_logs(logs: dict, names: list[str]) -> None:
 # ---------------------------------------------------------------------------------------------
 # Networks: scratch, official pickle or native checkpoint.
 
-def resolve_path(path: str | Path) -> Path:
-    path = Path(path)
-    if path.is_absolute() or path.exists():
-        return path
-    return repo_root() / path
-
-
 def scratch_networks(config: GanConfig, resolution: int) -> tuple[torch.nn.Module, torch.nn.Module]:
     if config.arch == "paper256":
         g_kwargs, d_kwargs = stylegan2.paper256_kwargs()
@@ -495,7 +478,7 @@ def start_networks(config: GanConfig, resolution: int, channels: int = 3):
         raise ConfigError(f"parameter 'start' = {config.start!r}: {path} does not exist (official pickles go "
                           "under weights/stylegan2-ada/, see README; or use 'scratch')")
     if path.suffix == ".pkl":
-        nets = stylegan2.load_network_pkl(path)
+        nets = network_pkl.load_network_pkl(path)
         G, G_ema, D = nets["G"], nets.get("G_ema", nets["G"]), nets.get("D")
     else:
         G_path = path / "G.pt" if path.is_dir() else path
@@ -550,23 +533,25 @@ def fid_snapshot(G_ema, dataset, config: GanConfig, device: torch.device, classi
     real_feats = torch.load(cache_path, weights_only=True) if cache_path.exists() else None
     if real_feats is None or len(real_feats) != n:
         # A fixed random subset: cached splits are sorted by class, so the first n would miss classes.
-        chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.seed))[:n]
+        chosen = torch.randperm(len(dataset), generator=streams.generator(config.seed, "gan.fid_reals"))[:n]
         real = torch.utils.data.Subset(dataset, sorted(chosen.tolist()))
         with torch.no_grad():
             real_feats = M.extract_features(real, extractor, n, 64, desc="real features")
         save_atomic(real_feats, cache_path)
     with torch.no_grad():
-        fake_feats = M.extract_features(sample_images(G_ema, n, config.seed + 12345, device), extractor, n, 64,
-                                        desc="fake features")
+        fakes = sample_images(G_ema, n, streams.stream_seed(config.seed, "gan.fid_fakes"), device)
+        fake_feats = M.extract_features(fakes, extractor, n, 64, desc="fake features")
     # Subsets of 1000 as the official metric; at most half the set, or every subset would be the whole set.
-    kid, kid_std = M.kid_from_features(real_feats, fake_feats, 100, min(1000, max(2, n // 2)), seed=config.seed)
+    kid, kid_std = M.kid_from_features(real_feats, fake_feats, 100, min(1000, max(2, n // 2)),
+                                       seed=streams.stream_seed(config.seed, "gan.kid"))
     return {"fid": M.fid_from_features(real_feats, fake_feats), "kid": kid, "kid_std": kid_std,
             "fid_features": config.fid_features}
 
 
 def save_grid(G_ema, config: GanConfig, device: torch.device, path: Path) -> None:
     from viscoin_core.viz.training import save_image_grid
-    images = torch.cat(list(sample_images(G_ema, config.grid_size ** 2, config.seed + 777, device)))
+    seed = streams.stream_seed(config.seed, "gan.grid_fakes")
+    images = torch.cat(list(sample_images(G_ema, config.grid_size ** 2, seed, device)))
     save_image_grid(images, path, cols=config.grid_size)
 
 
@@ -654,7 +639,8 @@ def train_gan(config: GanConfig, run_dir: str | Path, stop_at_kimg: float | None
     if rank == 0 and not (run_dir / "reals.png").exists():
         from viscoin_core.viz.training import save_image_grid
         n = min(config.grid_size ** 2, len(dataset))
-        shown = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.seed))[:n]  # all classes
+        # a random subset: the split is sorted by class, and the grid should show all of them
+        shown = torch.randperm(len(dataset), generator=streams.generator(config.seed, "gan.grid_reals"))[:n]
         save_image_grid(reals_of(shown, torch.zeros(n, dtype=torch.bool)), run_dir / "reals.png", cols=config.grid_size)
 
     snapshot_seconds = [0.0]

@@ -7,8 +7,9 @@ frozen and its taps are inputs to Psi), then Psi -> Theta (g's logits) and Psi -
 Psi, Theta and Omega only. f and G never change: their parameters have requires_grad False, they
 stay in eval mode, and gradients reach the reconstructions' inputs only.
 
-Entry points: `train_viscoin(config, run_dir)` (resumes from run_dir/checkpoint.pt when present),
-`load_viscoin(run_dir)`, and `python -m viscoin_core.train.viscoin --params FILE --run-dir DIR`.
+Entry points: `train_viscoin(config, run_dir)` (resumes from run_dir/checkpoint.pt when present)
+and `python -m viscoin_core.train.viscoin --params FILE --run-dir DIR`. The config, the networks
+and `load_viscoin(run_dir)` are `viscoin_core.model`.
 
 Run directory: config.json, log.jsonl (records with "split": "train" every `log_every` iterations,
 "split": "test" every `eval_every`; "iteration" counts completed steps), checkpoint.pt (the last one,
@@ -30,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -39,109 +39,12 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from viscoin_core import losses
-from viscoin_core.config import ConfigError, load_config, param, parse_config, to_dict
-from viscoin_core.nets.classifier import build_classifier, load_classifier
-from viscoin_core.nets.viscoin import FUSE_AT_CHOICES, W_BAR_CHOICES, ConceptExtractor, ConceptTranslator, Explainer
+from viscoin_core import losses, runs, streams
+from viscoin_core.config import to_dict
+from viscoin_core.model import FINAL, ViscoinConfig, as_config, build_f, build_G, build_parts, load_data
 from viscoin_core.train import loop
 
-FINAL = "viscoin.pt"
 LR_DECAY_EVERY, LR_DECAY_FACTOR = 1000, 0.8   # the released code's schedule, second half of training
-
-
-@dataclass
-class ViscoinConfig:
-    """Parameters of a VisCoIN training run (defaults: the paper's CUB settings). Paths are relative
-    to the repository root."""
-    f: str = param(help="'random' (a randomly initialised f_arch, tests/smoke) or a classifier f.pt file or run dir")
-    G: str = param(help="'random' (a small random generator) or a G.pt file / run dir, or an official .pkl")
-    data: str = param("", help="data parameter file (params/<profile>/data_*.yaml); the cache is prepared if missing")
-    cache_dir: str = param("", help="an already prepared cache (instead of `data`)")
-    seed: int = param(0, low=0, help="seeds initialisation, batches, augmentation and synthetic samples")
-    device: str = param("auto", help="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...")
-    # random f and G (f: random / G: random)
-    f_arch: str = param("resnet18", help="torchvision ResNet for f: random")
-    g_w_dim: int = param(64, low=1, help="w and z size of the random G")
-    g_channel_base: int = param(1024, low=1, help="channel_base of the random G")
-    g_channel_max: int = param(64, low=1, help="channel_max of the random G")
-    # the three trained networks
-    n_concepts: int = param(256, low=1, help="K, the number of concepts")
-    latent_channels: int = param(512, low=1, help="channels of Psi's per-tap convolutions")
-    fuse_at: str = param("layer4", choices=FUSE_AT_CHOICES, help="grid Psi fuses f's taps at: layer4 (paper); "
-                         "layer2 keeps a spatial layout below 96 px, where layer4's grid is under 3x3")
-    coarse_layer: int = param(3, low=0, help="style vectors with index < coarse_layer read Phi' (code: 2)")
-    mid_layer: int = param(12, low=0, help="style vectors with index > mid_layer read Phi' (code: 10)")
-    w_bar: str = param("w_avg", choices=W_BAR_CHOICES, help="Omega's bias: G's w_avg frozen (paper) or zeros trained (code)")
-    omega_activation: str = param("lrelu", choices=("lrelu", "linear"), help="Omega's per-vector layer activation")
-    omega_lr_multiplier: float = param(0.01, low=0.0, low_open=True, help="equalised-lr multiplier of Omega (StyleGAN mapping's)")
-    # the loss
-    alpha: float = param(0.5, low=0.0, help="output fidelity weight")
-    beta: float = param(3.0, low=0.0, help="LPIPS weight")
-    gamma: float = param(0.1, low=0.0, help="weight of CE(f(x~), f(x))")
-    delta: float = param(0.2, low=0.0, help="sparsity weight")
-    orthogonality_weight: float = param(1.0, low=0.0, help="weight of the orthogonality of Psi's last kernels")
-    omega_reg_weight: float = param(1.0, low=0.0, help="weight of ||w_x - w_bar||^2")
-    sparsity: str = param("paper", choices=losses.SPARSITY_CHOICES, help="'paper': ||Phi||_1; 'code': the released variant")
-    orthogonality: str = param("gram", choices=losses.ORTHOGONALITY_CHOICES, help="'gram': ||WW^T-I||^2; 'code': released variant")
-    loss_warmup: int = param(0, low=0, help="output fidelity and sparsity start at this iteration (code: 101)")
-    # optimisation
-    lr: float = param(1e-4, low=0.0, low_open=True, help="Adam learning rate")
-    lr_schedule: str = param("constant", choices=("constant", "code"), help="'code': x0.8 every 1000 its after half")
-    iterations: int = param(100_000, low=1, help="training iterations")
-    batch_real: int = param(8, low=1, help="real images per iteration")
-    batch_fake: int = param(8, low=0, help="images sampled from G per iteration")
-    truncation_psi: float = param(1.0, low=0.0, help="truncation of the synthetic samples")
-    noise_mode: str = param("const", choices=("const", "random", "none"), help="G's noise for reconstructions")
-    workers: int = param(0, low=0, help="DataLoader worker processes (results do not depend on it)")
-    # logging, evaluation, checkpoints
-    log_every: int = param(50, low=1, help="iterations between train log records")
-    eval_every: int = param(2000, low=1, help="iterations between cheap evaluations on the test subset")
-    eval_subset: int = param(256, low=1, help="test images in the cheap evaluation")
-    final_eval_images: int = param(0, low=0, help="test images of the final evaluation (0: all; else a seeded random subset)")
-    eval_images: int | None = param(None, low=1, help="test images of the full evaluation that follows training "
-                                    "(notebooks 04-06, every metric of metrics.json); null = all. Training ignores it")
-    consistency_concepts: int | None = param(None, low=1, help="concepts whose consistency that evaluation measures "
-                                             "(a seeded random choice of the eligible ones); null = all eligible")
-    checkpoint_every: int = param(1000, low=1, help="iterations between checkpoints")
-    lpips_backbone: str = param("vgg", choices=("vgg", "random"), help="'random' needs no download (not comparable)")
-    fid_features: str = param("inception", choices=("inception", "inception_random", "classifier"),
-                              help="FID/KID features of the final evaluation (inception_random: no download, not comparable)")
-    # speed
-    compile: bool = param(False, help="torch.compile f, Psi, G.synthesis and LPIPS (CUDA)")
-    amp: str = param("auto", choices=("auto", "off", "bf16"),
-                     help="'auto': bf16 autocast on CUDA, float32 on CPU; 'bf16': bf16 autocast on any device")
-
-    def __post_init__(self):
-        if not self.data and not self.cache_dir:
-            raise ConfigError("set one of 'data' (a data parameter file) or 'cache_dir' (a prepared cache)")
-        if self.data and self.cache_dir:
-            raise ConfigError(f"set only one of 'data' = {self.data!r} and 'cache_dir' = {self.cache_dir!r}")
-        if self.coarse_layer > self.mid_layer:
-            raise ConfigError(f"parameter 'coarse_layer' = {self.coarse_layer} is not allowed; expected a value "
-                              f"<= mid_layer = {self.mid_layer}")
-
-
-def as_config(config: ViscoinConfig | Mapping[str, Any] | str | Path) -> ViscoinConfig:
-    """A ViscoinConfig from itself, a flat mapping or a YAML parameter file."""
-    if isinstance(config, ViscoinConfig):
-        return config
-    if isinstance(config, (str, Path)):
-        return load_config(ViscoinConfig, config)
-    return parse_config(ViscoinConfig, config)
-
-
-def summary(cfg: ViscoinConfig) -> str:
-    """Three lines a notebook prints before training: concepts and layers, loss weights, budget."""
-    return (f"K = {cfg.n_concepts} concepts; style vectors {cfg.coarse_layer}..{cfg.mid_layer} read Phi, the others Phi'\n"
-            f"loss weights: alpha {cfg.alpha}, beta {cfg.beta}, gamma {cfg.gamma}, delta {cfg.delta} "
-            f"({cfg.sparsity} sparsity)\n"
-            f"w-bar: {cfg.w_bar}; {cfg.iterations} iterations of {cfg.batch_real} real + {cfg.batch_fake} synthetic images")
-
-
-def _resolve(path: str) -> Path:
-    from viscoin_core.config import repo_root
-    p = Path(path)
-    return p if p.is_absolute() else repo_root() / p
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,7 +79,7 @@ class IterationBatches(Sampler):
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if epoch != self._epoch:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            gen = streams.generator(self.seed, "viscoin.epoch_order", epoch)
             self._epoch, self._perm = epoch, torch.randperm(self.n, generator=gen)
         return self._perm
 
@@ -188,94 +91,14 @@ class IterationBatches(Sampler):
             batch = []
             for pos in range(i * self.batch, (i + 1) * self.batch):
                 index = int(self._permutation(pos // self.n)[pos % self.n])
-                batch.append((index, (self.seed * 2_000_003 + pos) % 2**62))
+                batch.append((index, streams.stream_seed(self.seed, "viscoin.augment", pos)))
             yield batch
-
-
-def load_data(cfg: ViscoinConfig):
-    """(train set with augmentation, test set, cache dir); prepares the cache from `data` if needed."""
-    from viscoin_core.data import load_split
-    if cfg.data:
-        from viscoin_core.data.prepare import ensure_prepared
-        cache_dir = ensure_prepared(str(_resolve(cfg.data)))
-    else:
-        cache_dir = _resolve(cfg.cache_dir)
-    return load_split(cache_dir, "train", augment=True), load_split(cache_dir, "test"), Path(cache_dir)
 
 
 def synthetic_z(cfg: ViscoinConfig, iteration: int, z_dim: int) -> torch.Tensor:
     """The latents of iteration i's synthetic images (B_fake, z_dim), on the CPU, a function of (seed, i)."""
-    gen = torch.Generator().manual_seed(cfg.seed * 3_000_017 + iteration + 1)
+    gen = streams.generator(cfg.seed, "viscoin.fake_z", iteration)
     return torch.randn(cfg.batch_fake, z_dim, generator=gen)
-
-
-# ---------------------------------------------------------------------------------------------
-# Frozen f and G
-
-def freeze(module: nn.Module) -> nn.Module:
-    """Eval mode and no parameter gradients: the module is never updated."""
-    return module.eval().requires_grad_(False)
-
-
-def _random_generator_kwargs(cfg: ViscoinConfig, resolution: int) -> dict:
-    from viscoin_core.nets.stylegan2 import small_generator_kwargs
-    return small_generator_kwargs(resolution=resolution, w_dim=cfg.g_w_dim, channel_base=cfg.g_channel_base,
-                                  channel_max=cfg.g_channel_max)
-
-
-def random_generator(kwargs: dict, seed: int) -> nn.Module:
-    """A randomly initialised G whose w_avg is the mean of 4096 mapped z (what a trained G tracks)."""
-    from viscoin_core.nets.stylegan2 import Generator
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        G = Generator(**kwargs)
-        with torch.no_grad():
-            G.mapping.w_avg.copy_(G.mapping(torch.randn(4096, G.z_dim), None)[:, 0].mean(0))
-    return freeze(G)
-
-
-def build_f(cfg: ViscoinConfig, n_classes: int) -> nn.Module:
-    if cfg.f == "random":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            return freeze(build_classifier(cfg.f_arch, n_classes=n_classes))
-    f = load_classifier(_resolve(cfg.f))
-    if f.n_classes != n_classes:
-        raise ConfigError(f"parameter 'f' = {cfg.f!r}: this classifier has {f.n_classes} classes but the data has "
-                          f"{n_classes}; expected a classifier trained on this dataset")
-    return freeze(f)
-
-
-def load_generator_file(path: str) -> nn.Module:
-    """G from a native G.pt (file or run directory) or an official network pickle (its G_ema)."""
-    from viscoin_core.nets.stylegan2 import load_generator
-    path = _resolve(path)
-    return freeze(load_generator(path / "G.pt" if path.is_dir() else path))
-
-
-def build_G(cfg: ViscoinConfig, resolution: int) -> nn.Module:
-    if cfg.G == "random":
-        return random_generator(_random_generator_kwargs(cfg, resolution), cfg.seed)
-    G = load_generator_file(cfg.G)
-    if G.img_resolution != resolution:
-        raise ConfigError(f"parameter 'G' = {cfg.G!r}: the generator makes {G.img_resolution} px images but the "
-                          f"data is {resolution} px; expected a generator at the data's resolution")
-    return freeze(G)
-
-
-def build_parts(cfg: ViscoinConfig, f: nn.Module, G: nn.Module, n_classes: int) -> dict[str, nn.Module]:
-    """Psi, Theta, Omega, initialised from the run's seed."""
-    if cfg.mid_layer >= G.num_ws:
-        raise ConfigError(f"parameter 'mid_layer' = {cfg.mid_layer} is not allowed; expected a value in "
-                          f"[coarse_layer, {G.num_ws - 1}] (G has num_ws = {G.num_ws} style vectors)")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed + 1)
-        psi = ConceptExtractor(cfg.n_concepts, f.tap_channels, cfg.latent_channels, cfg.fuse_at)
-        theta = Explainer(cfg.n_concepts, n_classes)
-        omega = ConceptTranslator(cfg.n_concepts, G.num_ws, G.w_dim, cfg.coarse_layer, cfg.mid_layer,
-                                  w_bar=cfg.w_bar, w_avg=G.mapping.w_avg, activation=cfg.omega_activation,
-                                  lr_multiplier=cfg.omega_lr_multiplier)
-    return {"psi": psi, "theta": theta, "omega": omega}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,41 +227,32 @@ def evaluate_images(trainer: Trainer, dataset: Dataset, indices: list[int], batc
     """f and g accuracy, fidelity, MSE, LPIPS, reconstruction identification and the loss terms on dataset[indices];
     with `features` (a `fid_features` value) also FID and KID between originals and reconstructions."""
     from viscoin_core.eval import metrics
+    from viscoin_core.eval.passes import fid_kid, identification, image_metrics, image_pass
     extractor = metrics.feature_extractor(features, trainer.f, trainer.device) if features else None
+
+    def batch(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        total, terms, out = trainer.loss(x, iteration=trainer.cfg.loss_warmup)
+        x_rec = out["x_rec"].float()
+        values = {"f_logits": out["f_logits"].float(), "g_logits": out["g_logits"].float(),
+                  "mse": metrics.mse(x_rec, x), "lpips": out["lpips"].float(),
+                  "thumbs": metrics.thumbnails(x), "thumbs_rec": metrics.thumbnails(x_rec),
+                  # each term times the batch size, so the mean over images is sum / n
+                  **{f"loss_{k}": torch.tensor([float(v) * len(x)], dtype=torch.float64)
+                     for k, v in {"total": total, **terms}.items()}}
+        if extractor is not None:
+            values.update(real=extractor(x).double(), fake=extractor(x_rec).double())
+        return values
+
     trainer.train_mode(False)
-    f_logits, g_logits, labels, mse, lp, feats_real, feats_rec, thumbs, thumbs_rec = [], [], [], [], [], [], [], [], []
-    sums, n = {}, 0
-    with torch.no_grad():
-        for start in tqdm(range(0, len(indices), batch_size), desc=desc, leave=False):
-            items = [dataset[i] for i in indices[start:start + batch_size]]
-            x = torch.stack([im for im, _ in items]).to(trainer.device)
-            total, terms, out = trainer.loss(x, iteration=trainer.cfg.loss_warmup)
-            for k, v in {"total": total, **terms}.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * len(x)
-            n += len(x)
-            x_rec = out["x_rec"].float()
-            f_logits.append(out["f_logits"].float().cpu())
-            g_logits.append(out["g_logits"].float().cpu())
-            labels.append(torch.tensor([label for _, label in items]))
-            mse.append(metrics.mse(x_rec, x).cpu())
-            lp.append(out["lpips"].float().cpu())
-            thumbs.append(metrics.thumbnails(x).cpu())
-            thumbs_rec.append(metrics.thumbnails(x_rec).cpu())
-            if extractor is not None:
-                feats_real.append(extractor(x).double().cpu())
-                feats_rec.append(extractor(x_rec).double().cpu())
+    out = image_pass(batch, dataset, indices, batch_size, trainer.device, desc=desc)
     trainer.train_mode(True)
-    f_logits, g_logits, labels = torch.cat(f_logits), torch.cat(g_logits), torch.cat(labels)
-    result = {"f_accuracy": metrics.accuracy(f_logits, labels), "g_accuracy": metrics.accuracy(g_logits, labels),
-              "fidelity": metrics.fidelity(g_logits, f_logits), "mse": float(torch.cat(mse).mean()),
-              "lpips": float(torch.cat(lp).mean()), "n_images": n,
-              **{f"loss_{k}": v / n for k, v in sums.items()}}
+    n = len(out["labels"])
+    result = {**image_metrics(out, out["g_logits"]), "n_images": n,
+              **{k: sum(v.tolist()) / n for k, v in out.items() if k.startswith("loss_")}}
     if n >= 2:
-        result.update(metrics.reconstruction_identification(torch.cat(thumbs_rec), torch.cat(thumbs), labels))
+        result.update(identification(out))
     if extractor is not None and n >= 2:
-        real, rec = torch.cat(feats_real), torch.cat(feats_rec)
-        result["fid"] = metrics.fid_from_features(real, rec)
-        result["kid"], result["kid_std"] = metrics.kid_from_features(real, rec, subset_size=min(1000, n))
+        result.update(fid_kid(out["real"], out["fake"], seed=streams.stream_seed(trainer.cfg.seed, "viscoin.kid")))
         result["fid_features"] = features
     return result
 
@@ -447,7 +261,7 @@ def _eval_indices(n: int, count: int, seed: int) -> list[int]:
     """A fixed random subset of the test split (the same at every evaluation of a run)."""
     if count >= n:
         return list(range(n))
-    gen = torch.Generator().manual_seed(seed * 4_000_037 + 1)
+    gen = streams.generator(seed, "viscoin.eval_subset")
     return sorted(torch.randperm(n, generator=gen)[:count].tolist())
 
 
@@ -468,11 +282,11 @@ def train_viscoin(config: ViscoinConfig | Mapping[str, Any] | str | Path, run_di
     interruption would); calling again resumes. A finished run returns its metrics.json.
     """
     cfg = as_config(config)
-    run_dir = loop.prepare_run_dir(run_dir, cfg)
-    done = loop.read_metrics(run_dir)
+    run_dir = runs.prepare_run_dir(run_dir, cfg)
+    done = runs.read_metrics(run_dir)
     if done is not None and (run_dir / FINAL).exists():
         return done
-    device = loop.pick_device(cfg.device)
+    device = runs.pick_device(cfg.device)
     if device.type == "cpu":
         loop.keep_freed_memory()   # halves a CPU step; see its docstring
     loop.seed_everything(cfg.seed)
@@ -484,10 +298,10 @@ def train_viscoin(config: ViscoinConfig | Mapping[str, Any] | str | Path, run_di
     trainer = Trainer(cfg, f, G, parts, build_lpips(cfg.lpips_backbone), device)
 
     start = 0
-    ckpt = loop.load_checkpoint(run_dir)
+    ckpt = runs.load_checkpoint(run_dir)
     if ckpt is not None:
         start = trainer.restore(ckpt)
-        loop.truncate_log(run_dir / "log.jsonl", start)
+        runs.truncate_log(run_dir / "log.jsonl", start)
         del ckpt
     stop = cfg.iterations if stop_after is None else min(cfg.iterations, stop_after)
     eval_idx = _eval_indices(len(test_set), cfg.eval_subset, cfg.seed)
@@ -497,7 +311,7 @@ def train_viscoin(config: ViscoinConfig | Mapping[str, Any] | str | Path, run_di
                         batch_sampler=IterationBatches(len(train_set), cfg.batch_real, cfg.seed, start, stop),
                         num_workers=cfg.workers, pin_memory=trainer.cuda,
                         # its own generator: creating the iterator must not draw from the global RNG
-                        generator=torch.Generator().manual_seed(cfg.seed))
+                        generator=streams.generator(cfg.seed, "viscoin.loader"))
     log_path = run_dir / "log.jsonl"
     trainer.train_mode(True)
     it = start
@@ -509,13 +323,13 @@ def train_viscoin(config: ViscoinConfig | Mapping[str, Any] | str | Path, run_di
         try:
             terms = trainer.step(x_real, z, it)
         except loop.NonFiniteLoss:
-            loop.save_atomic(trainer.state(it, rng_before), run_dir / loop.CHECKPOINT)
+            runs.save_atomic(trainer.state(it, rng_before), run_dir / runs.CHECKPOINT)
             raise
         done_its = it + 1
         bar.update(1)
         if done_its % cfg.log_every == 0 or done_its == cfg.iterations:
             now = time.perf_counter()
-            loop.append_jsonl(log_path, {"iteration": done_its, "split": "train", "lr": learning_rate(cfg, it),
+            runs.append_jsonl(log_path, {"iteration": done_its, "split": "train", "lr": learning_rate(cfg, it),
                                          "seconds_per_iteration": (now - tic) / cfg.log_every, **terms})
             tic = now
             bar.set_postfix(loss=f"{terms['total']:.4f}")
@@ -523,60 +337,26 @@ def train_viscoin(config: ViscoinConfig | Mapping[str, Any] | str | Path, run_di
             rng = loop.rng_state()
             result = evaluate_images(trainer, test_set, eval_idx, eval_batch, desc="test subset")
             loop.set_rng_state(rng)   # evaluation must not shift the training stream
-            loop.append_jsonl(log_path, {"iteration": done_its, "split": "test", **result})
+            runs.append_jsonl(log_path, {"iteration": done_its, "split": "test", **result})
         if done_its % cfg.checkpoint_every == 0 or done_its == stop:
-            loop.save_atomic(trainer.state(done_its, loop.rng_state()), run_dir / loop.CHECKPOINT)
+            runs.save_atomic(trainer.state(done_its, loop.rng_state()), run_dir / runs.CHECKPOINT)
     bar.close()
     if stop < cfg.iterations:
         return {"iteration": stop, "finished": False}
 
-    loop.save_atomic(_model_record(cfg, trainer, train_set.class_names), run_dir / FINAL)
+    runs.save_atomic(_model_record(cfg, trainer, train_set.class_names), run_dir / FINAL)
     n_final = len(test_set) if cfg.final_eval_images == 0 else min(cfg.final_eval_images, len(test_set))
     # a seeded random subset (the split may be ordered by class); all of it when final_eval_images is 0
     final_idx = _eval_indices(len(test_set), n_final, cfg.seed)
     result = evaluate_images(trainer, test_set, final_idx, eval_batch, features=cfg.fid_features,
                              desc="final evaluation")
-    loop.append_jsonl(log_path, {"iteration": cfg.iterations, "split": "test", **result})
+    runs.append_jsonl(log_path, {"iteration": cfg.iterations, "split": "test", **result})
     metrics = {k: result[k] for k in ("f_accuracy", "g_accuracy", "fidelity", "mse", "lpips")}
     metrics.update({k: result[k] for k in ("fid", "kid") if k in result})
     metrics.update({"lpips_backbone": cfg.lpips_backbone, "fid_features": cfg.fid_features,
                     "n_test_images": n_final, "iterations": cfg.iterations, "cache_dir": str(cache_dir)})
-    loop.write_metrics(run_dir, metrics)
+    runs.write_metrics(run_dir, metrics)
     return metrics
-
-
-def load_viscoin(run_dir: str | Path, device: str | torch.device = "cpu") -> dict:
-    """The trained system of a run directory: {'f', 'G', 'psi', 'theta', 'omega', 'config', 'class_names'},
-    every module in eval mode on `device`. Reads viscoin.pt, or the last checkpoint of an unfinished run."""
-    run_dir = Path(run_dir)
-    record = loop.load_checkpoint(run_dir, FINAL)
-    config_path = run_dir / "config.json"
-    if record is None:
-        record = loop.load_checkpoint(run_dir)
-        if record is None or not config_path.exists():
-            raise FileNotFoundError(f"{run_dir} holds neither {FINAL} nor a checkpoint of a VisCoIN run")
-        import json
-        record["config"] = json.loads(config_path.read_text())["config"]
-    cfg = parse_config(ViscoinConfig, record["config"], source=str(run_dir / "config.json"))
-    class_names = record.get("class_names")
-    n_classes = record["theta"]["linear.weight"].shape[0]
-    if "f_random" in record:
-        f = build_classifier(**record["f_random"]["kwargs"])
-        f.load_state_dict(record["f_random"]["state_dict"])
-    else:
-        f = build_f(cfg, n_classes)
-    if "G_random" in record:
-        from viscoin_core.nets.stylegan2 import Generator
-        G = Generator(**record["G_random"]["kwargs"])
-        G.load_state_dict(record["G_random"]["state_dict"])
-    else:
-        G = load_generator_file(cfg.G)
-    parts = build_parts(cfg, f, G, n_classes)
-    for k, m in parts.items():
-        m.load_state_dict(record[k])
-    out = {k: freeze(m).to(device) for k, m in {"f": f, "G": G, **parts}.items()}
-    out.update(config=cfg, class_names=class_names)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from viscoin_core.eval.concepts import System, concept_relevance, pool
+from viscoin_core.eval.concepts import System, pool
 
 LAMBDAS = (0.0, 1.0, 2.0, 4.0)
 
@@ -153,7 +153,7 @@ def amplification_strip(system: System, images: torch.Tensor, concepts: Sequence
 
 def _records(log: str | Path | Sequence[Mapping]) -> list[dict]:
     if isinstance(log, (str, Path)):
-        from viscoin_core.train.loop import read_jsonl
+        from viscoin_core.runs import read_jsonl
         records = read_jsonl(log)
         if not records:
             raise ValueError(f"{log} holds no log records")
@@ -440,44 +440,47 @@ def best_images_of_class(predicted: torch.Tensor, labels: torch.Tensor | None, c
 
 
 def figures_for_run(run_dir: str | Path, out_dir: str | Path, n_classes_shown: int = 3, n_images: int = 3,
-                    threshold: float = 0.5, top_k: int = 3, device: str = "cpu", max_test_images: int = 200,
+                    threshold: float = 0.5, top_k: int = 3, device: str = "cpu",
                     cam_layer: nn.Module | str | None = "layer2") -> dict:
-    """Every figure above for a trained run (needs its metrics.json from `evaluate`); returns {name: Figure}.
+    """Every figure above for a trained run, from what `evaluate` stored; returns {name: Figure}.
 
-    For the `n_classes_shown` classes g predicts most often: a concept grid of `n_images` images
-    with the class's concepts of r_{k,c} > threshold (else the top_k), amplification strips and
-    Grad-CAM (at `cam_layer`, see `concept_cam`); two images per shown class above their
-    reconstructions; then the relevance heatmap, training curves, top-N accuracy, faithfulness and
-    factor alignment from metrics.json.
+    Reads metrics.json and relevance.pt (r_{k,c}, and g's prediction for each evaluated test image),
+    so the figures show the relevance the metrics were computed with. For the `n_classes_shown`
+    classes g predicts most often: a concept grid of `n_images` images with the class's concepts of
+    r_{k,c} > threshold (else the top_k), amplification strips and Grad-CAM (at `cam_layer`, see
+    `concept_cam`); two images per shown class above their reconstructions; then the relevance
+    heatmap, training curves, top-N accuracy, faithfulness and factor alignment from metrics.json.
     """
-    from viscoin_core.eval import load_system_and_test_split
-    from viscoin_core.eval.concepts import class_relevance, concept_pool
+    from viscoin_core.eval import RELEVANCE, load_system_and_test_split
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    stored = torch.load(run_dir / RELEVANCE, map_location="cpu", weights_only=True)
+    if "predicted" not in stored:   # written before evaluate kept g's per-image predictions
+        raise ValueError(f"{run_dir / RELEVANCE} predates the per-image predictions the figures read; "
+                         "run viscoin_core.eval.evaluate on the run again (eval.evaluated tells)")
     system, test, names = load_system_and_test_split(run_dir, device)
-    cp = concept_pool(system, test, n_images=max_test_images)
-    r = concept_relevance(cp.phi, system.theta, cp.predicted)
-    r_kc = class_relevance(r, cp.predicted, len(names))
+    r_kc, images_index = stored["r_kc"], stored["images_index"]
+    predicted, labels = stored["predicted"], stored["labels"]
     figs = {"relevance_heatmap": relevance_heatmap(r_kc, names, out=out_dir / "relevance_heatmap")}
-    counts = torch.bincount(cp.predicted, minlength=len(names))
+    counts = torch.bincount(predicted, minlength=len(names))
     shown = [c for c in counts.argsort(descending=True).tolist() if counts[c] > 0][:n_classes_shown]
     for c in shown:    # r_{k,c} is defined only for classes g predicts
         concepts = select_concepts(r_kc[c], threshold) or select_concepts(r_kc[c], top_k=top_k)
         concepts = concepts[:top_k]
-        rows = best_images_of_class(cp.predicted, cp.labels, c, n_images)
+        rows = best_images_of_class(predicted, labels, c, n_images)
         if not rows:
             continue
-        x = torch.stack([test[int(cp.images_index[i])][0] for i in rows]).to(device)
+        x = torch.stack([test[int(images_index[i])][0] for i in rows]).to(device)
         tag = re.sub(r"[^A-Za-z0-9_-]+", "_", names[c])
         figs[f"concept_grid_{tag}"] = concept_grid(system, x, concepts, names[c], out=out_dir / f"concept_grid_{tag}")
         figs[f"amplification_{tag}"] = amplification_strip(system, x[:2], concepts[:1], out=out_dir / f"amplification_{tag}")
         figs[f"grad_cam_{tag}"] = grad_cam_figure(system, x[:2], concepts, layer=cam_layer,
                                                   out=out_dir / f"grad_cam_{tag}")
-    pairs = [i for c in shown for i in best_images_of_class(cp.predicted, cp.labels, c, 2)]
+    pairs = [i for c in shown for i in best_images_of_class(predicted, labels, c, 2)]
     if pairs:
         figs["reconstructions"] = reconstruction_pairs(
-            system, torch.stack([test[int(cp.images_index[i])][0] for i in pairs]).to(device),
-            [names[int(cp.labels[i])][:12] for i in pairs], out=out_dir / "reconstructions")
+            system, torch.stack([test[int(images_index[i])][0] for i in pairs]).to(device),
+            [names[int(labels[i])][:12] for i in pairs], out=out_dir / "reconstructions")
     log = run_dir / "log.jsonl"
     if log.exists():
         figs["training_curves"] = training_curves(log, smooth=5, out=out_dir / "training_curves")

@@ -14,7 +14,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from viscoin_core.train.loop import read_jsonl
+from viscoin_core.runs import read_jsonl
 
 
 def image_grid(images: torch.Tensor, cols: int) -> np.ndarray:

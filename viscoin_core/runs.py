@@ -1,0 +1,176 @@
+"""Run I/O: where a run's files live and how they are written and read.
+
+A run directory holds `config.json` (resolved parameters, package version, git commit),
+`log.jsonl` (one JSON object per logged step), checkpoints and `metrics.json`. Checkpoints are
+written to a temporary file and renamed, so an interruption never leaves a half-written file, and
+they load with `torch.load(weights_only=True)`. Batches keep each run under
+`runs/<profile>/<stage>/<params stem>/seed<k>` (`run_directory`); the paths inside parameter files
+resolve with `config.resolve_path` (against the repository root).
+
+Below nets, data, eval, viz and train (which all read or write runs): this module imports only the
+configuration, the standard library, NumPy and torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from viscoin_core.config import ConfigError, repo_root, to_dict
+
+CHECKPOINT = "checkpoint.pt"
+
+
+# ---------------------------------------------------------------------------------------------
+# Where a run lives and runs
+
+def run_directory(profile: str, stage: str, params_stem: str, seed: int = 0, root: str | Path | None = None) -> Path:
+    """runs/<profile>/<stage>/<params stem>/seed<k> under `root` (default: the repository root):
+    where a batch row of params/<profile>/<params stem>.yaml keeps its run with seed k."""
+    return Path(root or repo_root()) / "runs" / profile / stage / params_stem / f"seed{seed}"
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present, else CPU; anything else is passed to torch.device.
+
+    Here rather than in train: evaluation and the audit pick their device the same way."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# config.json
+
+def git_commit() -> str | None:
+    """The checkout's commit hash, or None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def describe_run(config: Any) -> dict:
+    """Everything a run directory's config.json records: the resolved config, version and commit."""
+    from viscoin_core import __version__
+    return {"config": to_dict(config), "config_class": type(config).__name__,
+            "package_version": __version__, "git_commit": git_commit()}
+
+
+def prepare_run_dir(run_dir: str | Path, config: Any) -> Path:
+    """Create `run_dir` and write config.json; refuse to resume a run made with other parameters."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = describe_run(config)
+    path = run_dir / "config.json"
+    if path.exists() and (run_dir / CHECKPOINT).exists():
+        old = json.loads(path.read_text()).get("config")
+        if old != record["config"]:
+            changed = sorted(k for k in set(old) | set(record["config"]) if old.get(k) != record["config"].get(k))
+            raise ConfigError(f"{run_dir} holds a run with other parameters (changed: {changed}); "
+                              "use a new run directory or delete the old one")
+    write_json_atomic(path, record)
+    return run_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON
+
+def json_ready(value: Any) -> Any:
+    """`value` as plain JSON, recursively: tensors and NumPy values become numbers or lists, paths
+    strings, tuples lists, dict keys strings, and NaN null (strict JSON: readers other than Python's
+    reject NaN). Anything else unknown is left for json.dumps to refuse."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, Mapping):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, (torch.Tensor, np.ndarray, np.generic)):
+        return json_ready(value.tolist())
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write JSON through a temporary file and a rename."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(json_ready(data), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def write_metrics(run_dir: str | Path, metrics: Mapping) -> Path:
+    """Write metrics.json atomically and return its path."""
+    path = Path(run_dir) / "metrics.json"
+    write_json_atomic(path, dict(metrics))
+    return path
+
+
+def read_metrics(run_dir: str | Path) -> dict | None:
+    """The run's metrics.json, or None when the run has not finished."""
+    path = Path(run_dir) / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """torch.save through a temporary file and a rename."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(run_dir: str | Path, name: str = CHECKPOINT) -> dict | None:
+    """The run's checkpoint (loaded with weights_only=True, on CPU), or None if there is none yet."""
+    path = Path(run_dir) / name
+    if not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# JSONL logs
+
+def append_jsonl(path: str | Path, record: Mapping) -> None:
+    """Append one JSON object as a line (flushed, so a crash loses at most the line being written)."""
+    with open(path, "a") as fh:
+        fh.write(json.dumps(json_ready(record)) + "\n")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Every complete line of a JSONL log (a torn last line from a crash is ignored)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def truncate_log(path: str | Path, last_step: int, key: str = "iteration") -> None:
+    """Drop log lines written after the checkpoint we resume from, so the log has no duplicate steps."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = [r for r in read_jsonl(path) if r.get(key, -1) <= last_step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(tmp, path)
