@@ -33,7 +33,7 @@ from typing import Any
 
 import pandas as pd
 import yaml
-from tqdm.auto import tqdm
+from tqdm import tqdm   # text bars: a widget bar shows "model not found" once its page is reloaded
 
 from viscoin_core.config import ConfigError, parse_config, read_params, repo_root
 

@@ -49,7 +49,7 @@ def evaluate(run_dir: str | Path, n_images: int | None = None, device: str = "cp
     Keys already in metrics.json that are not recomputed (e.g. the trainer's) are kept.
     Also writes relevance.pt ({'r_kc', 'class_names'}) beside it for the figures.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm   # text bars: a widget bar shows "model not found" once its page is reloaded
 
     from viscoin_core.data import load_split
     from viscoin_core.eval import concepts as C

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm   # text bars: a widget bar shows "model not found" once its page is reloaded
 
 from viscoin_core.nets.classifier import IMAGENET_MEAN, IMAGENET_STD
 

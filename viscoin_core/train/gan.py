@@ -49,7 +49,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm   # text bars: a widget bar shows "model not found" once its page is reloaded
 
 from viscoin_core.config import ConfigError, param, repo_root
 from viscoin_core.nets import stylegan2
