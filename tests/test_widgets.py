@@ -97,7 +97,8 @@ def test_labels_are_whole_and_a_switched_off_concept_reads_off(system, dataset):
     box = widgets.concept_explorer(system, dataset, n_concepts=3)
     for k in box.state["concepts"]:
         assert box.sliders[k].description == f"concept {k}"
-        assert box.sliders[k].style.description_width == "initial"   # not cut to ~80 px
+        # not cut to ipywidgets' ~80 px: as wide as the longest label, plus one character
+        assert box.sliders[k].style.description_width == f"{len(f'concept {max(box.sliders)}') + 1}ch"
         assert box.toggles[k].description == f"concept {k}: on"
     k = box.state["concepts"][0]
     box.toggles[k].value = False

@@ -78,11 +78,15 @@ def probability_bars(probs: torch.Tensor, class_names: list[str], top: int = 5) 
     return f"<table style='border-collapse:collapse'>{''.join(rows)}</table>"
 
 
-def concept_slider(k: int, max_lambda: float = 4.0):
-    """lambda for concept k, 0..max_lambda; the label is shown in full (ipywidgets cuts it at ~80 px by default)."""
+def concept_slider(k: int, max_lambda: float = 4.0, label_width: str = "initial"):
+    """lambda for concept k, 0..max_lambda, labelled in full: ipywidgets cuts labels at ~80 px by default.
+
+    label_width: a CSS width for the label ("initial": as wide as it needs); one width for all
+    rows lines their sliders up.
+    """
     import ipywidgets as w
     return w.FloatSlider(value=1.0, min=0.0, max=max_lambda, step=0.25, description=f"concept {k}",
-                         style={"description_width": "initial"})
+                         style={"description_width": label_width})
 
 
 def toggle_label(k: int, on: bool) -> str:
@@ -139,7 +143,9 @@ def concept_explorer(system: System, dataset, n_concepts: int = 6, max_lambda: f
         active = f"concepts {chosen}" if chosen else "no concept is active on this image"
         title.value = f"predicted: <b>{html.escape(class_names[predicted])}</b>; {active}"
         original.value = to_png(x[0], size)
-        box.sliders = {k: concept_slider(k, max_lambda) for k in chosen}
+        # Wide enough for the longest label ("concept 179"), in ch (the width of a digit).
+        width = f"{max((len(f'concept {k}') for k in chosen), default=0) + 1}ch"
+        box.sliders = {k: concept_slider(k, max_lambda, width) for k in chosen}
         box.toggles = {k: concept_toggle(k) for k in chosen}
         for k in chosen:
             box.sliders[k].observe(redraw, names="value")
