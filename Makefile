@@ -30,8 +30,8 @@ lab: $(LAB_STAMP)
 	@flags=""; \
 	[ "$$(id -u)" = 0 ] && flags="$$flags --allow-root"; \
 	[ "$$(uname)" = Linux ] && [ -z "$$DISPLAY$$WAYLAND_DISPLAY" ] && flags="$$flags --no-browser"; \
-	echo "$(PY) -m jupyter lab notebooks/$$flags $(LAB_ARGS)"; \
-	exec $(PY) -m jupyter lab notebooks/ $$flags $(LAB_ARGS)
+	echo "$(PY) -m jupyterlab notebooks/$$flags $(LAB_ARGS)"; \
+	exec $(PY) -m jupyterlab notebooks/ $$flags $(LAB_ARGS)
 
 # Unit tests, then every notebook (01 ... 06, in order) with its smoke defaults under nbval.
 # Progress bars redraw at most every 5 s. nbval fails a cell when its output messages pause for 5 s;
