@@ -41,8 +41,9 @@ ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 RUN_TIMEOUT = 150          # s for notebook 06's cells; about 30 s on 2 CPU cores
 
 
-def _chromium() -> tuple[str, str]:
-    """Paths of Chromium and its WebDriver, or skip naming the packages to install."""
+@pytest.fixture(scope="module")
+def chromium() -> tuple[str, str]:
+    """Paths of Chromium and its WebDriver, or skip naming the packages to install (before any training)."""
     pytest.importorskip("selenium", reason="needs selenium: pip install -e '.[dev]' (or pip install selenium)")
     pytest.importorskip("jupyterlab", reason="needs jupyterlab: pip install -e '.[dev]' (or pip install jupyterlab)")
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -59,7 +60,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def lab_root(tmp_path):
+def lab_root(chromium, tmp_path):
     """A checkout-shaped folder (pyproject.toml, viscoin_core, params, notebooks/06) with a finished smoke run.
 
     config.repo_root() finds it from the notebook's folder, so the run, data cache and figures the
@@ -118,9 +119,9 @@ def _wait_for_server(url: str, server: subprocess.Popen, log: Path, timeout: flo
 
 
 @pytest.fixture
-def browser():
+def browser(chromium):
     """Headless Chromium driven through Debian's chromedriver (no browser download)."""
-    chromium, driver = _chromium()
+    chromium, driver = chromium
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     options = webdriver.ChromeOptions()
