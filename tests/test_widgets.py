@@ -112,3 +112,12 @@ def test_probability_bars_keep_long_class_names_whole():
     bars = widgets.probability_bars(torch.tensor([0.3, 0.7]), names)
     assert all(name in bars for name in names)
     assert bars.index(names[1]) < bars.index(names[0])              # most probable first
+
+
+def test_an_image_with_no_active_concept_gets_no_rows_and_says_so(system, dataset):
+    import dataclasses
+    silent = dataclasses.replace(system, psi=lambda taps: (torch.zeros(1, 8, 3, 3), torch.zeros(1, 72)))
+    box = widgets.concept_explorer(silent, dataset, n_concepts=4)
+    assert box.state["concepts"] == [] and box.sliders == {} and box.toggles == {}
+    assert box.children[2].children == ()
+    assert "no concept is active" in box.children[0].children[1].value
