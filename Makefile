@@ -1,12 +1,13 @@
-# The README's two commands are `make demo` and `make test`; both create .venv on first use.
+# The README's commands are `make demo`, `make test` and `make lab`; each creates .venv on first use.
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LAB_STAMP := $(VENV)/.installed-lab
 PROFILE ?= demo
 JOBS ?= 2          # rows run side by side, each notebook kernel with cores/JOBS threads
 
-.PHONY: test demo mini rehearsal gpu-check venv bench clean-venv
+.PHONY: test demo mini rehearsal gpu-check venv lab bench clean-venv
 
 venv: $(STAMP)
 
@@ -16,6 +17,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e '.[dev]'
 	touch $(STAMP)
+
+# The `lab` extra on top of `dev`, once (again after pyproject.toml changes, through $(STAMP)).
+$(LAB_STAMP): $(STAMP)
+	$(PY) -m pip install -e '.[dev,lab]'
+	touch $(LAB_STAMP)
+
+# JupyterLab on notebooks/, to step through 01 ... 06. As root (containers) JupyterLab refuses to start
+# without --allow-root; on a Linux machine without a display it opens no browser and prints the URL.
+# LAB_ARGS passes more options, e.g. make lab LAB_ARGS="--port 8899".
+lab: $(LAB_STAMP)
+	@flags=""; \
+	[ "$$(id -u)" = 0 ] && flags="$$flags --allow-root"; \
+	[ "$$(uname)" = Linux ] && [ -z "$$DISPLAY$$WAYLAND_DISPLAY" ] && flags="$$flags --no-browser"; \
+	echo "$(PY) -m jupyterlab notebooks/$$flags $(LAB_ARGS)"; \
+	exec $(PY) -m jupyterlab notebooks/ $$flags $(LAB_ARGS)
 
 # Unit tests, then every notebook (01 ... 06, in order) with its smoke defaults under nbval.
 # Progress bars redraw at most every 5 s. nbval fails a cell when its output messages pause for 5 s;

@@ -1,6 +1,7 @@
 """Figures and the whole evaluation on a tiny trained system; Grad-CAM against a hand computation."""
 
 import json
+import re
 
 import matplotlib
 
@@ -176,3 +177,48 @@ def test_figures_for_run_writes_the_set(tiny_run, tmp_path):
     assert any(name.startswith("concept_grid_") for name in figs)
     for name in figs:
         _written(tmp_path / name)
+
+
+def _kernel_outputs(cells: list[str], tmp_path) -> list[dict]:
+    """Every output of `cells` run top to bottom by papermill in a real IPython kernel (as `make demo` runs notebooks)."""
+    import nbformat
+    import papermill
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells])
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    papermill.execute_notebook(str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb"), kernel_name="python3",
+                               cwd=str(tmp_path), progress_bar=False)
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    return [output for cell in executed.cells for output in cell.get("outputs", [])]
+
+
+@pytest.mark.slow
+def test_figures_show_as_images_in_a_kernel_and_progress_bars_as_text(tiny_run, tmp_path):
+    # Notebook 06's figures cell, and a cell ending in a figure. No pyplot anywhere: the PNG
+    # formatter must come from importing viscoin_core.viz. A widget bar (tqdm.auto) would leave
+    # a widget-view output, which reads "model not found" after a page reload.
+    if not (tiny_run / "relevance.pt").exists():
+        evaluate(tiny_run, n_images=8, consistency_samples=3, consistency_concepts=1, batch_size=8)
+    outputs = _kernel_outputs([
+        "from IPython.display import display\nfrom viscoin_core.viz import figures\n"
+        f"figs = figures.figures_for_run({str(tiny_run)!r}, 'figs', n_classes_shown=1, n_images=2, max_test_images=8)\n"
+        "for fig in figs.values():\n    display(fig)",
+        "figs['top_n_accuracy']"], tmp_path)
+    shown = [o for o in outputs if o["output_type"] in ("display_data", "execute_result")]
+    assert len(shown) >= 7 and shown[-1]["output_type"] == "execute_result"
+    for output in shown:
+        assert "image/png" in output["data"], output["data"].get("text/plain")
+        assert output["data"]["image/png"]                     # base64 of a non-empty PNG
+    assert not any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
+
+
+def test_no_library_module_uses_a_widget_progress_bar():
+    from pathlib import Path
+    import viscoin_core
+    sources = Path(viscoin_core.__file__).parent.rglob("*.py")
+    widget_bars = [str(p) for p in sources if re.search(r"tqdm\.(auto|notebook|autonotebook)\b", p.read_text())]
+    assert widget_bars == []
+
+
+def test_figure_formatter_is_not_registered_outside_ipython():
+    from viscoin_core.viz import show_figures_as_images
+    assert show_figures_as_images() is False      # pytest is not an IPython kernel

@@ -63,7 +63,7 @@ def evaluate(run_dir: str | Path, n_images: int | None = None, device: str = "cp
     Also writes relevance.pt beside it, what the figures show: {'r_kc' (C, K), 'class_names', and per
     evaluated test image 'images_index' (into the test split), 'predicted' (g's class), 'labels'}.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm   # text bars: a widget bar shows "model not found" once its page is reloaded
 
     from viscoin_core import runs, streams
     from viscoin_core.data import load_split

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from scipy.stats import rankdata
-from tqdm.auto import tqdm
+from tqdm import tqdm   # text bars: a widget bar shows "model not found" once its page is reloaded
 
 FAITHFULNESS_TAUS = (0.1, 0.2, 0.4)
 SPARSITY_TAUS = (0.2, 0.5, 0.7)

@@ -26,7 +26,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
+from tqdm import tqdm   # text bars: a widget bar shows "model not found" once its page is reloaded
 
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"   # torch-fidelity's FID Inception
 VGG16_WEIGHTS = "vgg16-397923af.pth"                               # torchvision's VGG16 for LPIPS-VGG

@@ -48,7 +48,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm   # text bars: a widget bar shows "model not found" once its page is reloaded
 
 from viscoin_core.config import ConfigError, param, resolve_path
 from viscoin_core.nets import network_pkl, stylegan2

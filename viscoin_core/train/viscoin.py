@@ -37,7 +37,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm.auto import tqdm
+from tqdm import tqdm   # text bars: a widget bar shows "model not found" once its page is reloaded
 
 from viscoin_core import losses, runs, streams
 from viscoin_core.config import to_dict

@@ -1,7 +1,7 @@
 """The concept explorer: pick an image, scale its most relevant concepts, watch G redraw it.
 
 `concept_explorer(system, dataset)` returns an ipywidgets box: an image picker, one row per concept
-of the predicted class (a lambda slider, 0..4, and an on/off toggle), the regenerated image, the
+active on the image (a lambda slider, 0..4, and an on/off toggle), the regenerated image, the
 difference from the plain reconstruction, and g's class probabilities on the regenerated image,
 all updated live. The computation lives in `regenerate`, a plain function, so it is tested without
 a browser; the box also keeps `state` (what it shows now) for the same reason.
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from viscoin_core.eval.concepts import System, concept_contributions
+from viscoin_core.eval.concepts import System, concept_contributions, pool
 
 
 @torch.no_grad()
@@ -39,11 +39,19 @@ def regenerate(system: System, x: torch.Tensor, scales: dict[int, float]) -> dic
 
 @torch.no_grad()
 def top_concepts(system: System, x: torch.Tensor, n: int) -> tuple[int, list[int]]:
-    """(predicted class c^, the n concepts with the largest contribution alpha_k = maxpool(phi_k) W[c^, k])."""
+    """(predicted class c^, up to n concepts active on x, the largest contribution first).
+
+    A concept is active when its pooled activation maxpool(phi_k(x)) is above 0; only those can
+    change the image when scaled (lambda * 0 = 0), so inactive ones are never offered, even when
+    fewer than n are active. Order: alpha_k = maxpool(phi_k) W[c^, k] descending, ties (e.g. equal
+    weights) broken by the larger activation, then by the smaller index.
+    """
     phi, _ = system.concepts(x)
     predicted = system.theta(phi).argmax(dim=1)
-    alpha = concept_contributions(phi, system.theta, predicted)[0]   # (K,)
-    return int(predicted), alpha.argsort(descending=True)[:n].tolist()
+    alpha = concept_contributions(phi, system.theta, predicted)[0].tolist()   # (K,)
+    active = pool(system.theta, phi)[0].tolist()
+    ranked = sorted((k for k in range(len(active)) if active[k] > 0), key=lambda k: (-alpha[k], -active[k], k))
+    return int(predicted), ranked[:n]
 
 
 def to_png(image: torch.Tensor, size: int = 160) -> bytes:
@@ -59,15 +67,43 @@ def to_png(image: torch.Tensor, size: int = 160) -> bytes:
 
 
 def probability_bars(probs: torch.Tensor, class_names: list[str], top: int = 5) -> str:
-    """HTML bars of the `top` most probable classes."""
+    """HTML bars of the `top` most probable classes, each class name in full (a table keeps the bars aligned)."""
     values, order = probs.sort(descending=True)
     rows = []
     for p, c in zip(values[:top].tolist(), order[:top].tolist()):
         name = html.escape(class_names[c] if c < len(class_names) else str(c))
-        rows.append(f"<div style='font-family:monospace'>{name[:18]:<18} "
-                    f"<span style='display:inline-block;background:#4c72b0;height:0.8em;width:{p * 150:.0f}px'></span>"
-                    f" {p:.2f}</div>")
-    return "".join(rows)
+        rows.append(f"<tr><td style='font-family:monospace;padding-right:0.5em'>{name}</td>"
+                    f"<td><span style='display:inline-block;background:#4c72b0;height:0.8em;width:{p * 150:.0f}px'>"
+                    f"</span> {p:.2f}</td></tr>")
+    return f"<table style='border-collapse:collapse'>{''.join(rows)}</table>"
+
+
+def concept_slider(k: int, max_lambda: float = 4.0, label_width: str = "initial"):
+    """lambda for concept k, 0..max_lambda, labelled in full: ipywidgets cuts labels at ~80 px by default.
+
+    label_width: a CSS width for the label ("initial": as wide as it needs); one width for all
+    rows lines their sliders up.
+    """
+    import ipywidgets as w
+    return w.FloatSlider(value=1.0, min=0.0, max=max_lambda, step=0.25, description=f"concept {k}",
+                         style={"description_width": label_width})
+
+
+def toggle_label(k: int, on: bool) -> str:
+    """What concept k's toggle reads: the concept and its state, so a row read alone is unambiguous."""
+    return f"concept {k}: {'on' if on else 'off'}"
+
+
+def concept_toggle(k: int):
+    """On/off button for concept k whose label follows its state ("concept k: on" / "concept k: off")."""
+    import ipywidgets as w
+    toggle = w.ToggleButton(value=True, description=toggle_label(k, True), layout=w.Layout(width="auto"),
+                            tooltip=f"switch concept {k} off (lambda 0) or back on")
+
+    def relabel(change):
+        toggle.description = toggle_label(k, change["new"])
+    toggle.observe(relabel, names="value")
+    return toggle
 
 
 def concept_explorer(system: System, dataset, n_concepts: int = 6, max_lambda: float = 4.0, size: int = 160):
@@ -104,11 +140,13 @@ def concept_explorer(system: System, dataset, n_concepts: int = 6, max_lambda: f
         x = dataset[picker.value][0][None].to(next(system.theta.parameters()).device)
         predicted, chosen = top_concepts(system, x, n_concepts)
         box.state.update(index=picker.value, x=x, predicted=predicted, concepts=chosen)
-        title.value = f"predicted: <b>{html.escape(class_names[predicted])}</b>; concepts {chosen}"
+        active = f"concepts {chosen}" if chosen else "no concept is active on this image"
+        title.value = f"predicted: <b>{html.escape(class_names[predicted])}</b>; {active}"
         original.value = to_png(x[0], size)
-        box.sliders = {k: w.FloatSlider(value=1.0, min=0.0, max=max_lambda, step=0.25, description=f"concept {k}")
-                       for k in chosen}
-        box.toggles = {k: w.ToggleButton(value=True, description="on") for k in chosen}
+        # Wide enough for the longest label ("concept 179"), in ch (the width of a digit).
+        width = f"{max((len(f'concept {k}') for k in chosen), default=0) + 1}ch"
+        box.sliders = {k: concept_slider(k, max_lambda, width) for k in chosen}
+        box.toggles = {k: concept_toggle(k) for k in chosen}
         for k in chosen:
             box.sliders[k].observe(redraw, names="value")
             box.toggles[k].observe(redraw, names="value")
