@@ -200,7 +200,7 @@ def test_figures_show_as_images_in_a_kernel_and_progress_bars_as_text(tiny_run, 
         evaluate(tiny_run, n_images=8, consistency_samples=3, consistency_concepts=1, batch_size=8)
     outputs = _kernel_outputs([
         "from IPython.display import display\nfrom viscoin_core.viz import figures\n"
-        f"figs = figures.figures_for_run({str(tiny_run)!r}, 'figs', n_classes_shown=1, n_images=2, max_test_images=8)\n"
+        f"figs = figures.figures_for_run({str(tiny_run)!r}, 'figs', n_classes_shown=1, n_images=2)\n"
         "for fig in figs.values():\n    display(fig)",
         "figs['top_n_accuracy']"], tmp_path)
     shown = [o for o in outputs if o["output_type"] in ("display_data", "execute_result")]

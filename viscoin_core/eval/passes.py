@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm   # text bars: a widget bar shows "model not found" once its page is reloaded
 
 from viscoin_core.eval import metrics as M
 
