@@ -10,21 +10,18 @@ work without them.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
 import pickle
 import pickletools
 import sys
-import types
 import zipfile
-from collections import OrderedDict
 
-import numpy as np
 import pytest
 import torch
 
 from viscoin_core.nets.network_pkl import NetworkPickleError, load_network_pkl
+from viscoin_core.nets.network_pkl_writer import write_network_pkl
 from viscoin_core.nets.stylegan2 import (
     Discriminator,
     Generator,
@@ -44,73 +41,7 @@ D_KWARGS = small_discriminator_kwargs(resolution=16, channel_base=128, channel_m
 
 
 # ---------------------------------------------------------------------------------------------
-# Writing pickles in the official persistence form.
-
-@contextlib.contextmanager
-def official_modules():
-    """Temporarily provide `torch_utils.persistence` and `dnnlib.util` so pickle can name them."""
-    names = ["torch_utils", "torch_utils.persistence", "dnnlib", "dnnlib.util"]
-    saved = {n: sys.modules.get(n) for n in names}
-    mods = {n: types.ModuleType(n) for n in names}
-
-    def _reconstruct_persistent_obj(meta):  # only its name matters: it is what the pickle refers to
-        raise AssertionError("never called while writing")
-
-    _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
-    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
-    mods["torch_utils.persistence"]._reconstruct_persistent_obj = _reconstruct_persistent_obj
-
-    class EasyDict(dict):
-        pass
-
-    EasyDict.__module__ = "dnnlib.util"
-    EasyDict.__qualname__ = "EasyDict"
-    mods["dnnlib.util"].EasyDict = EasyDict
-    sys.modules.update(mods)
-    try:
-        yield mods
-    finally:
-        for n, m in saved.items():
-            if m is None:
-                sys.modules.pop(n, None)
-            else:
-                sys.modules[n] = m
-
-
-class Persistent:
-    """Pickles exactly like a persistence-decorated object: (_reconstruct_persistent_obj, (meta,))."""
-
-    def __init__(self, reconstruct, meta):
-        self.reconstruct, self.meta = reconstruct, meta
-
-    def __reduce__(self):
-        return self.reconstruct, (self.meta,)
-
-
-def easydict(mods, value):
-    if isinstance(value, dict):
-        return mods["dnnlib.util"].EasyDict({k: easydict(mods, v) for k, v in value.items()})
-    return value
-
-
-def as_persistent(mods, module, init_kwargs=None, module_src="raise SystemExit('module_src executed')\n"):
-    """The official pickled form of `module`: a persistent object whose state is its __dict__."""
-    state = dict(module.__dict__)
-    state.pop("init_kwargs", None)  # this package's own attribute, absent from official objects
-    for key, value in state.items():
-        if isinstance(value, float):
-            state[key] = np.float64(value)  # official gains come from np.sqrt
-    state["_parameters"] = OrderedDict(state["_parameters"])
-    state["_buffers"] = OrderedDict(state["_buffers"])
-    state["_modules"] = OrderedDict(
-        (name, child if not isinstance(child, torch.nn.Module) or type(child).__module__.startswith("torch.")
-         else as_persistent(mods, child, {}, module_src))
-        for name, child in module._modules.items())
-    state["_init_args"] = ()
-    state["_init_kwargs"] = {k: easydict(mods, v) for k, v in (init_kwargs or {}).items()}  # **kwargs: a dict
-    meta = dict(type="class", version=6, module_src=module_src, class_name=type(module).__name__, state=state)
-    return Persistent(mods["torch_utils.persistence"]._reconstruct_persistent_obj, meta)
-
+# Writing pickles in the official persistence form (viscoin_core.nets.network_pkl_writer).
 
 class AugmentPipe(torch.nn.Module):
     """Shaped like the official augment pipe: a probability buffer, filter banks, float attributes."""
@@ -126,16 +57,10 @@ class AugmentPipe(torch.nn.Module):
 def write_official_pickle(path, nets: dict, protocol=3, module_src="raise SystemExit('module_src executed')\n",
                           with_extras=True):
     """Write {'G', 'D', 'G_ema', 'augment_pipe', 'training_set_kwargs'} like training_loop.py does."""
-    with official_modules() as mods:
-        data = {}
-        for key, net in nets.items():
-            data[key] = None if net is None else as_persistent(mods, net, net.init_kwargs, module_src)
-        if with_extras:
-            data["augment_pipe"] = as_persistent(mods, AugmentPipe(), dict(xflip=1), module_src)
-            data["training_set_kwargs"] = easydict(mods, dict(class_name="training.dataset.ImageFolderDataset",
-                                                              path="birds.zip", resolution=16, use_labels=False))
-        with open(path, "wb") as f:
-            pickle.dump(data, f, protocol=protocol)
+    extras = {"augment_pipe": (AugmentPipe(), dict(xflip=1)),
+              "training_set_kwargs": dict(class_name="training.dataset.ImageFolderDataset", path="birds.zip",
+                                          resolution=16, use_labels=False)} if with_extras else {}
+    write_network_pkl(path, nets, extras, protocol=protocol, module_src=module_src)
     assert "torch_utils" not in sys.modules and "dnnlib" not in sys.modules
 
 

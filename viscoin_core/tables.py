@@ -95,8 +95,10 @@ def build_table(table: str, profile: str, runs: list, status: dict | None = None
             line[header] = mean_std(values) if values else ("failed" if failures else "not run")
             if pub_key is not None:      # a column of ours alone (no published counterpart) gets no pair
                 line[f"{header} (published)"] = ref.get(pub_key) if isinstance(ref, dict) else None
-        line["fid_features"] = ", ".join(sorted({str(m.get("fid_features")) for m in metrics if "fid_features" in m}))
-        line["lpips_backbone"] = ", ".join(sorted({str(m.get("lpips_backbone")) for m in metrics if "lpips_backbone" in m}))
+        # What the numbers were measured with: feature extractor, LPIPS network, f's starting weights.
+        for key in ("fid_features", "lpips_backbone", "pretrained"):
+            if key != "pretrained" or any(key in m for m in metrics):
+                line[key] = ", ".join(sorted({str(m.get(key)) for m in metrics if key in m}))
         line["status"] = "; ".join(failures) if failures else ("ok" if metrics else "not run")
         lines.append(line)
     return pd.DataFrame(lines)
@@ -153,9 +155,19 @@ def write_table(df: pd.DataFrame, out_dir: Path, name: str, title: str, note: st
     return out_dir / f"{name}.md"
 
 
+PROFILE_NOTES = {
+    "paper": "",
+    "rehearsal": (" Profile `rehearsal` runs the paper's sizes on miniature trees in the real formats, with random-"
+                  "weight networks where the pretrained files are absent (`pretrained`, `fid_features`, "
+                  "`lpips_backbone` say which) and budgets of a few steps: its numbers test the plumbing, not "
+                  "the method."),
+}
+STANDIN_NOTE = (" Profile `{profile}` runs on the synthetic stand-ins: CUB-200 -> toybirds, NCT-CRC-HE -> toytissue,"
+                " so published numbers are context, not targets.")
+
+
 def table_note(profile: str, command: str) -> str:
-    standins = "" if profile == "paper" else (
-        f" Profile `{profile}` runs on the synthetic stand-ins: CUB-200 -> toybirds, NCT-CRC-HE -> toytissue,"
-        " so published numbers are context, not targets.")
+    about = PROFILE_NOTES.get(profile, STANDIN_NOTE.format(profile=profile))
     return (f"Made by `{command}`. Published values: params/reference_numbers.yaml. "
-            f"`fid_features` and `lpips_backbone` name the feature extractor and LPIPS network used.{standins}")
+            f"`fid_features` and `lpips_backbone` name the feature extractor and LPIPS network used; "
+            f"`pretrained`, whether f started from ImageNet weights.{about}")
