@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
+import io
 import json
 import math
 import os
+import pickle
 import random
+import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -21,7 +25,7 @@ import numpy as np
 import torch
 import yaml
 
-from viscoin_core.config import ConfigError, describe_run, load_config, repo_root
+from viscoin_core.config import ConfigError, describe_run, load_config, load_yaml, repo_root
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -80,10 +84,8 @@ def prepare_run_dir(run_dir: str | Path, config: Any) -> Path:
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write JSON through a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n"
+    write_bytes_atomic(path, text.encode())
 
 
 def _json_default(value: Any) -> Any:
@@ -96,12 +98,24 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
-def save_atomic(obj: Any, path: str | Path) -> None:
-    """torch.save through a temporary file and a rename."""
+def save_atomic(obj: Any, path: str | Path, finite: bool = True) -> None:
+    """torch.save through a temporary file and a rename; `path` is never replaced by a worse file.
+
+    With `finite` (the default) an object holding a floating tensor with NaN or inf is refused
+    (NonFiniteLoss naming the entry) and nothing is written. The object is serialised in memory
+    first (for a moment the checkpoint's size in RAM) and written with a plain write: a full disk
+    then raises NoSpaceLeft naming the path and the size instead of torch's "unexpected pos", the
+    partial temporary file is removed and `path` keeps its previous content.
+    """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    if finite:
+        bad = nonfinite_entries(obj)
+        if bad:
+            raise NonFiniteLoss(f"refusing to write {path}: {describe_nonfinite(bad)}; "
+                                f"{'its previous content is kept' if path.exists() else 'nothing was written'}")
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes_atomic(path, buffer.getbuffer())
 
 
 def load_checkpoint(run_dir: str | Path, name: str = CHECKPOINT) -> dict | None:
@@ -109,7 +123,7 @@ def load_checkpoint(run_dir: str | Path, name: str = CHECKPOINT) -> dict | None:
     path = Path(run_dir) / name
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_torch(path)
 
 
 def rng_state() -> dict:
@@ -172,13 +186,17 @@ def truncate_log(path: str | Path, last_step: int, key: str = "iteration") -> No
     os.replace(tmp, path)
 
 
-def check_finite(terms: Mapping[str, torch.Tensor | float], iteration: int) -> None:
-    """Raise NonFiniteLoss naming the first NaN/inf term and the iteration."""
+def check_finite(terms: Mapping[str, torch.Tensor | float], iteration: int, limit: float | None = None,
+                 unit: str = "iteration") -> None:
+    """Raise NonFiniteLoss naming the first NaN/inf term (or, with `limit`, the first above it) and the
+    iteration. The caller adds where the last finite checkpoint is (`stop_message`)."""
     for name, value in terms.items():
         v = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
         if not math.isfinite(v):
-            raise NonFiniteLoss(f"loss term '{name}' is {v} at iteration {iteration}; "
-                                "the last good state was saved in the run directory")
+            raise NonFiniteLoss(f"loss term '{name}' is {v} at {unit} {iteration}")
+        if limit is not None and abs(v) > limit:
+            raise NonFiniteLoss(f"loss term '{name}' is {v:.3g} at {unit} {iteration}, above {limit:g}: "
+                                "training diverged (try a lower lr)")
 
 
 def write_metrics(run_dir: str | Path, metrics: Mapping) -> Path:
@@ -218,7 +236,10 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set iterations=600")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = load_yaml(value)     # reads 1e6 and 1e-4 as floats (YAML 1.1 would not)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({' '.join(str(err).split())})") from None
     return out
 
 
@@ -231,3 +252,119 @@ def stage_config(cls: type, args: argparse.Namespace) -> Any:
     if args.device:
         overrides["device"] = args.device
     return load_config(cls, path, **overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults: non-finite states, full disks, refused files (issue 15). A fault costs at most the work
+# since the last checkpoint, and its message says in one line what happened and where.
+
+class NoSpaceLeft(OSError):
+    """A write ran out of disk space; the message names the file, the size it needed and what was kept."""
+
+
+class CheckpointError(ValueError):
+    """A torch file is refused (not weights-only, unreadable, or holding NaN/inf); the message names it."""
+
+
+def write_bytes_atomic(path: str | Path, data: bytes | memoryview) -> None:
+    """Write `data` to `path` through a temporary file, fsync and a rename.
+
+    On any OSError the temporary file is removed (a partial file must not fill the disk) and `path`
+    keeps its previous content; a full disk raises NoSpaceLeft with the size in MB.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())   # a crash after the rename finds the whole file
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise no_space(path, len(data), "its previous content is kept" if path.exists()
+                           else "nothing was written") from None
+        raise
+
+
+def no_space(path: str | Path, n_bytes: int, kept: str) -> NoSpaceLeft:
+    """NoSpaceLeft for `path` needing `n_bytes`: 'no space left on device: <path> needs N MB (M MB free); <kept>'."""
+    path = Path(path)
+    try:
+        free = f", {shutil.disk_usage(path.parent).free / 2**20:.1f} MB free"
+    except OSError:
+        free = ""
+    return NoSpaceLeft(errno.ENOSPC, f"no space left on device: {path} needs {n_bytes / 2**20:.1f} MB{free}; {kept}")
+
+
+def nonfinite_entries(obj: Any, name: str = "") -> list[tuple[str, int]]:
+    """(dotted name, number of NaN/inf values) of every floating tensor in a nested dict/list/tuple."""
+    if isinstance(obj, torch.Tensor):
+        if not (obj.is_floating_point() or obj.is_complex()):
+            return []
+        count = int((~torch.isfinite(obj)).sum())
+        return [(name or "tensor", count)] if count else []
+    if isinstance(obj, Mapping):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return []
+    found = []
+    for key, value in items:
+        found += nonfinite_entries(value, f"{name}.{key}" if name else str(key))
+    return found
+
+
+def describe_nonfinite(entries: list[tuple[str, int]]) -> str:
+    """'psi.to_concepts.weight' holds 4096 NaN/inf values (and 3 more tensors)."""
+    name, count = entries[0]
+    more = f" (and {len(entries) - 1} more tensors)" if len(entries) > 1 else ""
+    return f"'{name}' holds {count} NaN/inf values{more}"
+
+
+def check_finite_parameters(named: Iterable[tuple[str, torch.Tensor]], iteration: int, unit: str = "iteration") -> None:
+    """Raise NonFiniteLoss when a tensor of `named` (name, tensor) holds NaN or inf, naming it.
+
+    One device sync for all tensors; names are only looked up on failure.
+    """
+    named = [(k, t.detach()) for k, t in named if t.is_floating_point()]
+    if not named or bool(torch.stack([torch.isfinite(t).all() for _, t in named]).all()):
+        return
+    bad = [(k, int((~torch.isfinite(t)).sum())) for k, t in named if not bool(torch.isfinite(t).all())]
+    raise NonFiniteLoss(f"parameter {describe_nonfinite(bad)} after the update of {unit} {iteration}")
+
+
+def stop_message(err: Exception, checkpoint: Path, saved: str | None) -> NonFiniteLoss:
+    """A NonFiniteLoss saying what went wrong and which finite checkpoint a resume would start from;
+    `saved` says what that checkpoint holds ('iteration 40', 'epoch 3', ...), None when there is none."""
+    if saved is None:
+        where = f"no checkpoint was written yet ({checkpoint} does not exist)"
+    else:
+        where = f"the last finite checkpoint is {checkpoint} ({saved}); nothing was written after it"
+    return NonFiniteLoss(f"{err}; training stopped, {where}")
+
+
+def load_torch(path: str | Path, map_location: Any = "cpu", finite: bool = True) -> Any:
+    """torch.load(weights_only=True) that names the file when it refuses it.
+
+    A pickle with anything but tensors and plain containers, a truncated or foreign file, and (with
+    `finite`) a file holding NaN or inf all raise CheckpointError naming `path`.
+    """
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: refused by torch.load(weights_only=True), it holds more than tensors "
+                              f"and plain containers ({first})") from None
+    except (RuntimeError, EOFError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable torch file ({type(err).__name__}: {first})") from None
+    if finite:
+        bad = nonfinite_entries(obj)
+        if bad:
+            raise CheckpointError(f"{path}: {describe_nonfinite(bad)}; refusing a non-finite checkpoint "
+                                  "(resume from an earlier one or start a new run directory)")
+    return obj
