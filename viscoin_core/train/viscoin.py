@@ -349,7 +349,8 @@ class Trainer:
     def step(self, x_real: torch.Tensor, z: torch.Tensor, iteration: int) -> dict[str, float]:
         """One optimiser step on B real + B synthetic images; returns the loss terms as floats.
 
-        Raises NonFiniteLoss (before touching the parameters) when a term is NaN or inf.
+        Raises NonFiniteLoss (before touching the parameters) when a term is NaN or inf, and after the
+        update when it left a parameter NaN or inf (the caller then writes no checkpoint).
         """
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.cfg, iteration)
@@ -363,6 +364,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
+        # a finite loss can still leave NaN/inf parameters (lr far too large): stop on the step that made them
+        loop.check_finite_parameters(((f"{k}.{n}", p) for k, m in self.parts.items()
+                                      for n, p in m.named_parameters()), iteration)
         return dict(zip(named, values))
 
     def train_mode(self, on: bool) -> None:
@@ -461,6 +465,7 @@ def train_viscoin(config: ViscoinConfig | Mapping[str, Any] | str | Path, run_di
     interruption would); calling again resumes. A finished run returns its metrics.json.
     """
     cfg = as_config(config)
+    check_sources(cfg)   # a missing f, G or data file fails before a run directory or a cache is made
     run_dir = loop.prepare_run_dir(run_dir, cfg)
     done = loop.read_metrics(run_dir)
     if done is not None and (run_dir / FINAL).exists():
@@ -476,12 +481,15 @@ def train_viscoin(config: ViscoinConfig | Mapping[str, Any] | str | Path, run_di
     from viscoin_core.eval.metrics import build_lpips
     trainer = Trainer(cfg, f, G, parts, build_lpips(cfg.lpips_backbone), device)
 
-    start = 0
+    start, saved = 0, None     # saved: what the last (finite) checkpoint written holds
     ckpt = loop.load_checkpoint(run_dir)
     if ckpt is not None:
         start = trainer.restore(ckpt)
+        saved = f"iteration {start}"
         loop.truncate_log(run_dir / "log.jsonl", start)
         del ckpt
+    elif (run_dir / "log.jsonl").exists():
+        (run_dir / "log.jsonl").unlink()   # lines of a run killed before its first checkpoint
     stop = cfg.iterations if stop_after is None else min(cfg.iterations, stop_after)
     eval_idx = _eval_indices(len(test_set), cfg.eval_subset, cfg.seed)
     eval_batch = max(1, cfg.batch_real + cfg.batch_fake)
@@ -497,13 +505,12 @@ def train_viscoin(config: ViscoinConfig | Mapping[str, Any] | str | Path, run_di
     bar = tqdm(total=cfg.iterations, initial=start, desc="VisCoIN", dynamic_ncols=True)
     tic = time.perf_counter()
     for it, (x_real, _) in enumerate(loader, start=start):
-        rng_before = loop.rng_state()
         z = synthetic_z(cfg, it, trainer.G.z_dim)
         try:
             terms = trainer.step(x_real, z, it)
-        except loop.NonFiniteLoss:
-            loop.save_atomic(trainer.state(it, rng_before), run_dir / loop.CHECKPOINT)
-            raise
+        except loop.NonFiniteLoss as err:
+            # nothing is written: the checkpoint on disk is the last finite state
+            raise loop.stop_message(err, run_dir / loop.CHECKPOINT, saved) from None
         done_its = it + 1
         bar.update(1)
         if done_its % cfg.log_every == 0 or done_its == cfg.iterations:
@@ -518,7 +525,11 @@ def train_viscoin(config: ViscoinConfig | Mapping[str, Any] | str | Path, run_di
             loop.set_rng_state(rng)   # evaluation must not shift the training stream
             loop.append_jsonl(log_path, {"iteration": done_its, "split": "test", **result})
         if done_its % cfg.checkpoint_every == 0 or done_its == stop:
-            loop.save_atomic(trainer.state(done_its, loop.rng_state()), run_dir / loop.CHECKPOINT)
+            try:   # save_atomic refuses a state holding NaN/inf, so the old checkpoint stays
+                loop.save_atomic(trainer.state(done_its, loop.rng_state()), run_dir / loop.CHECKPOINT)
+            except loop.NonFiniteLoss as err:
+                raise loop.stop_message(err, run_dir / loop.CHECKPOINT, saved) from None
+            saved = f"iteration {done_its}"
     bar.close()
     if stop < cfg.iterations:
         return {"iteration": stop, "finished": False}
@@ -538,9 +549,29 @@ def train_viscoin(config: ViscoinConfig | Mapping[str, Any] | str | Path, run_di
     return metrics
 
 
+def check_sources(cfg: ViscoinConfig) -> None:
+    """Raise ConfigError naming the parameter when the f, G, data or cache_dir it names does not exist."""
+    wanted = {"f": "f.pt", "G": "G.pt"}
+    for key in ("f", "G"):
+        value = getattr(cfg, key)
+        if value == "random":
+            continue
+        path = _resolve(value)
+        target = path / wanted[key] if path.is_dir() else path
+        if not target.is_file():
+            raise ConfigError(f"parameter '{key}' = {value!r}: {target} does not exist; train that stage first "
+                              "or use 'random'")
+    if cfg.data and not _resolve(cfg.data).is_file():
+        raise ConfigError(f"parameter 'data' = {cfg.data!r}: {_resolve(cfg.data)} does not exist")
+    if cfg.cache_dir and not (_resolve(cfg.cache_dir) / "manifest.json").is_file():
+        raise ConfigError(f"parameter 'cache_dir' = {cfg.cache_dir!r}: {_resolve(cfg.cache_dir)} holds no "
+                          "manifest.json; prepare it first (python -m viscoin_core.data.prepare) or set 'data'")
+
+
 def load_viscoin(run_dir: str | Path, device: str | torch.device = "cpu") -> dict:
     """The trained system of a run directory: {'f', 'G', 'psi', 'theta', 'omega', 'config', 'class_names'},
-    every module in eval mode on `device`. Reads viscoin.pt, or the last checkpoint of an unfinished run."""
+    every module in eval mode on `device`. Reads viscoin.pt, or the last checkpoint of an unfinished run.
+    A file that is not weights-only or holds NaN/inf is refused (CheckpointError naming it)."""
     run_dir = Path(run_dir)
     record = loop.load_checkpoint(run_dir, FINAL)
     config_path = run_dir / "config.json"
@@ -580,4 +611,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from viscoin_core.cli import run
+    sys.exit(run(main))
