@@ -40,6 +40,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,9 +56,9 @@ from viscoin_core.config import ConfigError, param, repo_root
 from viscoin_core.nets import stylegan2
 from viscoin_core.train import augment as ada
 from viscoin_core.train import loop
-from viscoin_core.train.loop import (NonFiniteLoss, append_jsonl, check_finite, load_checkpoint, pick_device,
-                                     prepare_run_dir, read_jsonl, read_metrics, save_atomic, seed_everything,
-                                     truncate_log, write_metrics)
+from viscoin_core.train.loop import (NonFiniteLoss, append_jsonl, check_finite, check_finite_parameters,
+                                     load_checkpoint, load_torch, pick_device, prepare_run_dir, read_jsonl,
+                                     read_metrics, save_atomic, seed_everything, truncate_log, write_metrics)
 
 AUGMENT_MODES = ("ada", "fixed", "none")
 ARCHS = ("small", "paper256")
@@ -546,7 +547,7 @@ def fid_snapshot(G_ema, dataset, config: GanConfig, device: torch.device, classi
     n = min(config.fid_images, len(dataset))
     extractor = (M.inception_extractor(device) if config.fid_features == "inception"
                  else M.classifier_extractor(classifier, device))
-    real_feats = torch.load(cache_path, weights_only=True) if cache_path.exists() else None
+    real_feats = load_torch(cache_path) if cache_path.exists() else None
     if real_feats is None or len(real_feats) != n:
         # A fixed random subset: cached splits are sorted by class, so the first n would miss classes.
         chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.seed))[:n]
@@ -613,6 +614,7 @@ def train_gan(config: GanConfig, run_dir: str | Path, stop_at_kimg: float | None
     notebooks that split a run); calling again continues.
     """
     run_dir = Path(run_dir)
+    check_sources(config)   # a missing data file or start network fails before anything is made
     dist_device = init_distributed()
     rank, n_proc = world()
     if rank == 0:
@@ -659,22 +661,32 @@ def train_gan(config: GanConfig, run_dir: str | Path, stop_at_kimg: float | None
     snapshot_seconds = [0.0]
 
     def snapshot() -> None:
-        """Checkpoint, sample grid and FID/KID at the current step (rank 0 writes)."""
+        """Checkpoint, sample grid and FID/KID at the current step (rank 0 writes).
+
+        The log line goes first and the checkpoint last: a kill between them resumes from the previous
+        checkpoint, whose resume drops this line and makes the snapshot again, so metrics.json never
+        reads a stale FID (the other order left a checkpoint whose snapshot line was lost).
+        """
         began = time.time()
         if rank == 0:
             kimg = state.nimg / 1000
+            # NaN/inf networks are never sampled, scored nor saved over the last good snapshot
+            check_finite_parameters(((f"{k}.{n}", t) for k, m in (("G", G), ("D", D), ("G_ema", G_ema))
+                                     for n, t in m.state_dict().items()), state.step, unit="step")
             entry = {"step": state.step, "kimg": kimg, "event": "snapshot", "augment_p": state.p}
             save_grid(G_ema, config, device, run_dir / grid_name(kimg))
             if config.fid_images > 0:
                 entry.update(fid_snapshot(G_ema, dataset, config, device, classifier, fid_cache))
-            save_atomic(checkpoint_record(state), run_dir / "checkpoint.pt")
             append_jsonl(log_path, entry)
+            save_atomic(checkpoint_record(state), run_dir / "checkpoint.pt")
         if n_proc > 1:
             dist.barrier()
         snapshot_seconds[0] += time.time() - began
 
+    saved = None if record is None else f"step {state.step}"
     if record is None:
         snapshot()                                    # kimg 0: the start network's FID
+        saved = "step 0"
     started, start_step = time.time(), state.step
     snapshot_seconds[0] = 0.0
     bar = tqdm(total=total_steps, initial=state.step, desc="G/D steps", disable=rank != 0)
@@ -688,13 +700,15 @@ def train_gan(config: GanConfig, run_dir: str | Path, stop_at_kimg: float | None
                                         "seconds": time.time() - started})
             if state.step % snapshot_steps == 0 or state.step == total_steps:
                 snapshot()
+                saved = f"step {state.step}"
                 if stop_at_kimg is not None and state.nimg / 1000 >= stop_at_kimg and state.step < total_steps:
                     return {"stopped_at_kimg": state.nimg / 1000}
     except NonFiniteLoss as err:
         if rank == 0:
             append_jsonl(log_path, {"step": state.step, "kimg": state.nimg / 1000, "event": "nonfinite",
                                     "message": str(err)})
-        raise NonFiniteLoss(f"{err}; training stopped, the last good snapshot is {run_dir / 'checkpoint.pt'}") from None
+        raise NonFiniteLoss(f"{err}; training stopped, the last good snapshot is {run_dir / 'checkpoint.pt'} "
+                            f"({saved}); nothing was written after it") from None
     finally:
         bar.close()
 
@@ -708,6 +722,17 @@ def train_gan(config: GanConfig, run_dir: str | Path, stop_at_kimg: float | None
     if n_proc > 1:
         dist.barrier()
     return metrics
+
+
+def check_sources(config: GanConfig) -> None:
+    """Raise ConfigError naming the parameter when the start network or fid_classifier does not exist
+    (a missing data file is named by `load_training_data`, which reads it first)."""
+    if config.start != "scratch" and not resolve_path(config.start).exists():
+        raise ConfigError(f"parameter 'start' = {config.start!r}: {resolve_path(config.start)} does not exist "
+                          "(official pickles go under weights/stylegan2-ada/, see README; or use 'scratch')")
+    if config.fid_images > 0 and config.fid_classifier and not resolve_path(config.fid_classifier).exists():
+        raise ConfigError(f"parameter 'fid_classifier' = {config.fid_classifier!r}: "
+                          f"{resolve_path(config.fid_classifier)} does not exist")
 
 
 def final_metrics(run_dir: Path, config: GanConfig, state: GanState, seconds: float, steps: int) -> dict:
@@ -740,4 +765,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from viscoin_core.cli import run
+    sys.exit(run(main))
