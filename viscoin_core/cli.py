@@ -50,6 +50,16 @@ def exit_code(err: BaseException) -> int:
     return USAGE_ERROR if isinstance(err, user_errors()) else RUN_ERROR
 
 
+def close_progress_bars() -> None:
+    """Close the progress bars an exception left open, so that the error line is the last line."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def run(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> int:
     """Call `main(argv)` (default: sys.argv[1:], without --debug) and return its exit code.
 
@@ -70,6 +80,7 @@ def run(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001  (every error ends in one line unless debugging)
         if debug:
             raise
+        close_progress_bars()
         code = exit_code(err)
         message = one_line(err)
         if code == RUN_ERROR and not isinstance(err, OSError):

@@ -359,7 +359,7 @@ def train_step(state: GanState, config: GanConfig, reals_of: Callable[[torch.Ten
         opt.zero_grad(set_to_none=True)
 
     def finish(module, opt, name: str):
-        check_finite({k: v for k, v in logs.items() if k.startswith(name)}, step)
+        check_finite({k: v for k, v in logs.items() if k.startswith(name)}, step, unit="step")
         sync_gradients(module)
         opt.step()
 

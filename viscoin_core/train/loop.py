@@ -259,7 +259,11 @@ def stage_config(cls: type, args: argparse.Namespace) -> Any:
 # since the last checkpoint, and its message says in one line what happened and where.
 
 class NoSpaceLeft(OSError):
-    """A write ran out of disk space; the message names the file, the size it needed and what was kept."""
+    """A write ran out of disk space; the message names the file, the size it needed and what was kept.
+    errno is ENOSPC; str() is the message alone (no '[Errno 28]')."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class CheckpointError(ValueError):

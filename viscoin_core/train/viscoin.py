@@ -28,6 +28,7 @@ unfused modulated convolutions (gradients reach ws only), fused Adam; on CUDA bf
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -487,6 +488,8 @@ def train_viscoin(config: ViscoinConfig | Mapping[str, Any] | str | Path, run_di
         start = trainer.restore(ckpt)
         saved = f"iteration {start}"
         loop.truncate_log(run_dir / "log.jsonl", start)
+        if start == cfg.iterations:   # killed in the final steps: their evaluation is made again
+            _drop_final_record(run_dir / "log.jsonl", cfg.iterations)
         del ckpt
     elif (run_dir / "log.jsonl").exists():
         (run_dir / "log.jsonl").unlink()   # lines of a run killed before its first checkpoint
@@ -566,6 +569,12 @@ def check_sources(cfg: ViscoinConfig) -> None:
     if cfg.cache_dir and not (_resolve(cfg.cache_dir) / "manifest.json").is_file():
         raise ConfigError(f"parameter 'cache_dir' = {cfg.cache_dir!r}: {_resolve(cfg.cache_dir)} holds no "
                           "manifest.json; prepare it first (python -m viscoin_core.data.prepare) or set 'data'")
+
+
+def _drop_final_record(log_path: Path, iterations: int) -> None:
+    """Remove the final evaluation's line (split 'test' at the last iteration) from a run's log."""
+    kept = [r for r in loop.read_jsonl(log_path) if not (r.get("split") == "test" and r.get("iteration") == iterations)]
+    loop.write_bytes_atomic(log_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
 
 def load_viscoin(run_dir: str | Path, device: str | torch.device = "cpu") -> dict:
