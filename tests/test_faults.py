@@ -47,12 +47,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
 CHILD_ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 CHILD_ENV.pop("VISCOIN_DEBUG", None)
-PICK = random.Random(15)   # the "random" kill points: seeded, so a failure names a point that repeats
+PICK = random.Random(1015)   # the "random" kill points: seeded, so a failure names a point that repeats
 
 def die_in(train, target: str, nth: int, where: str) -> None:
     """Run `train()` in a forked child that is SIGKILLed at the nth write of the file named `target`:
     'start' before a byte is written, 'mid' with half a temporary file on disk, 'before_rename' with
-    the whole temporary file written but not renamed. Asserts that the child died so.
+    the whole temporary file written but not renamed, 'after' once the file is in place. Asserts that
+    the child died so.
 
     Forked (not a fresh interpreter) so as not to pay torch's import per kill; the kill itself is real.
     """
@@ -69,6 +70,8 @@ def die_in(train, target: str, nth: int, where: str) -> None:
                         tmp.write_bytes(bytes(data)[: len(data) // 2])
                     elif where == "before_rename":
                         tmp.write_bytes(bytes(data))
+                    elif where == "after":
+                        real(path, data)
                     os.kill(os.getpid(), signal.SIGKILL)
             return real(path, data)
 
@@ -137,10 +140,16 @@ def assert_same_viscoin(reference: Path, metrics: dict, run: Path) -> None:
     assert_no_temporaries(run)
 
 
+def random_point(files: dict[str, int]) -> tuple[str, int, str]:
+    """A seeded random (file, nth write of it, where in the write) among `files` (name -> writes in a run)."""
+    target = PICK.choice(sorted(files))
+    return target, PICK.randint(1, files[target]), PICK.choice(["start", "mid", "before_rename"])
+
+
 @pytest.mark.parametrize("target, nth, where", [
     ("checkpoint.pt", 1, "start"),          # log lines written, no checkpoint yet: the log must not keep them twice
-    ("checkpoint.pt", 2, "mid"),            # half a temporary checkpoint: the previous one is kept
-    (PICK.choice(["checkpoint.pt", V.FINAL, "metrics.json"]), 1, PICK.choice(["mid", "before_rename"])),
+    ("metrics.json", 1, "before_rename"),   # the final evaluation logged, metrics not: it must not be logged twice
+    random_point({"checkpoint.pt": 3, V.FINAL: 1}),
 ])
 def test_viscoin_killed_resumes_bit_identical(data, viscoin_reference, tmp_path, target, nth, where):
     reference, metrics = viscoin_reference
@@ -165,9 +174,8 @@ def classifier_config(data, **kw) -> C.ClassifierConfig:
 def test_classifier_killed_in_checkpoint_and_final_writes_resumes_bit_identical(data, tmp_path):
     cfg = classifier_config(data, epochs=2)
     reference = C.train_classifier(cfg, tmp_path / "whole")
-    random_target = PICK.choice(["f.pt", "best.pt", "metrics.json"])
     for name, (target, nth, where) in {"ckpt": ("checkpoint.pt", 2, "before_rename"),
-                                       "random": (random_target, 1, PICK.choice(["start", "mid"]))}.items():
+                                       "random": random_point({"f.pt": 1, "best.pt": 1, "metrics.json": 1})}.items():
         run = tmp_path / name
         die_in(lambda: C.train_classifier(cfg, run), target, nth, where)
         if target == "checkpoint.pt":
@@ -191,9 +199,10 @@ def gan_setup(data, tmp_path_factory):
 
 
 @pytest.mark.parametrize("target, nth, where", [
-    ("checkpoint.pt", 3, "start"),     # the last snapshot: its FID line written, its checkpoint not
-    ("checkpoint.pt", 1, "start"),     # the kimg-0 snapshot: fid_start must be the start network's
-    (PICK.choice(["checkpoint.pt", "G.pt", "D.pt", "metrics.json"]), 1, PICK.choice(["mid", "before_rename"])),
+    ("checkpoint.pt", 3, "after"),     # right after the last snapshot's checkpoint (the issue: a stale fid)
+    ("checkpoint.pt", 1, "after"),     # right after the kimg-0 snapshot's (the issue: a wrong fid_start)
+    ("checkpoint.pt", 2, "start"),     # a snapshot's FID line written, its checkpoint not
+    random_point({"checkpoint.pt": 3, "G.pt": 1, "D.pt": 1, "metrics.json": 1}),
 ])
 def test_gan_killed_in_snapshot_reports_the_right_fid(gan_setup, tmp_path, target, nth, where):
     cfg, reference, metrics = gan_setup
