@@ -668,11 +668,12 @@ def train_gan(config: GanConfig, run_dir: str | Path, stop_at_kimg: float | None
         reads a stale FID (the other order left a checkpoint whose snapshot line was lost).
         """
         began = time.time()
+        # NaN/inf networks are never sampled, scored nor saved over the last good snapshot; every
+        # rank checks (their networks are the same), so none is left waiting at the barrier below
+        check_finite_parameters(((f"{k}.{n}", t) for k, m in (("G", G), ("D", D), ("G_ema", G_ema))
+                                 for n, t in m.state_dict().items()), state.step, unit="step")
         if rank == 0:
             kimg = state.nimg / 1000
-            # NaN/inf networks are never sampled, scored nor saved over the last good snapshot
-            check_finite_parameters(((f"{k}.{n}", t) for k, m in (("G", G), ("D", D), ("G_ema", G_ema))
-                                     for n, t in m.state_dict().items()), state.step, unit="step")
             entry = {"step": state.step, "kimg": kimg, "event": "snapshot", "augment_p": state.p}
             save_grid(G_ema, config, device, run_dir / grid_name(kimg))
             if config.fid_images > 0:
