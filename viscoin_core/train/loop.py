@@ -360,9 +360,9 @@ def load_torch(path: str | Path, map_location: Any = "cpu", finite: bool = True)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: refused by torch.load(weights_only=True), it holds more than tensors "
-                              f"and plain containers ({first})") from None
+                              f"and plain containers ({_refusal_reason(err)}); load nothing from an "
+                              "untrusted source") from None
     except (RuntimeError, EOFError, ValueError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: not a readable torch file ({type(err).__name__}: {first})") from None
@@ -372,3 +372,10 @@ def load_torch(path: str | Path, map_location: Any = "cpu", finite: bool = True)
             raise CheckpointError(f"{path}: {describe_nonfinite(bad)}; refusing a non-finite checkpoint "
                                   "(resume from an earlier one or start a new run directory)")
     return obj
+
+
+def _refusal_reason(err: Exception) -> str:
+    """The line of torch's weights-only refusal that names what was refused (its first line is boilerplate)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line or "unsupported" in line]
+    return (named or lines or [type(err).__name__])[0].rstrip(".")
