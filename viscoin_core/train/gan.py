@@ -614,7 +614,7 @@ def train_gan(config: GanConfig, run_dir: str | Path, stop_at_kimg: float | None
     notebooks that split a run); calling again continues.
     """
     run_dir = Path(run_dir)
-    check_sources(config)   # a missing data file or start network fails before anything is made
+    check_sources(config)   # a missing start network or FID classifier fails before anything is made
     dist_device = init_distributed()
     rank, n_proc = world()
     if rank == 0:
