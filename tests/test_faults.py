@@ -387,7 +387,7 @@ def test_nonfinite_checkpoints_are_refused_by_name(data, viscoin_reference, tmp_
     with pytest.raises(loop.CheckpointError, match="refusing a non-finite checkpoint"):
         V.train_viscoin(viscoin_config(data), run)
     with pytest.raises(loop.NonFiniteLoss, match=r"refusing to write .*a\.pt: 'psi\.[\w.]+' holds 1 NaN/inf"):
-        loop.save_atomic(record, tmp_path / "a.pt")
+        loop.save_atomic(record, tmp_path / "a.pt", finite=True)
     assert not (tmp_path / "a.pt").exists()
 
 

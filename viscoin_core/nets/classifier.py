@@ -117,7 +117,7 @@ def save_classifier(f: Classifier, path: str | Path, class_names: list[str] | No
               "state_dict": {k: v.detach().cpu() for k, v in f.state_dict().items()}}
     if names is not None:
         record["class_names"] = list(names)
-    save_atomic(record, path)
+    save_atomic(record, path, finite=True)   # a NaN/inf f is never written over a good one
 
 
 def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> Classifier:

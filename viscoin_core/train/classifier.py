@@ -266,7 +266,7 @@ def train_classifier(config: ClassifierConfig, run_dir: str | Path) -> dict:
         record["best_epoch"] = best["epoch"]
         append_jsonl(log_path, record)
         save_atomic({"epoch": epoch, "f": f.state_dict(), "opt": opt.state_dict(), "best": best,
-                     "rng": rng_state()}, checkpoint)
+                     "rng": rng_state()}, checkpoint, finite=True)
         saved = f"epoch {epoch + 1} of {config.epochs}"
 
     f = load_classifier(run_dir / "best.pt", map_location=device)

@@ -679,7 +679,7 @@ def train_gan(config: GanConfig, run_dir: str | Path, stop_at_kimg: float | None
             if config.fid_images > 0:
                 entry.update(fid_snapshot(G_ema, dataset, config, device, classifier, fid_cache))
             append_jsonl(log_path, entry)
-            save_atomic(checkpoint_record(state), run_dir / "checkpoint.pt")
+            save_atomic(checkpoint_record(state), run_dir / "checkpoint.pt", finite=True)
         if n_proc > 1:
             dist.barrier()
         snapshot_seconds[0] += time.time() - began

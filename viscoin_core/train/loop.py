@@ -98,11 +98,12 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
-def save_atomic(obj: Any, path: str | Path, finite: bool = True) -> None:
+def save_atomic(obj: Any, path: str | Path, finite: bool = False) -> None:
     """torch.save through a temporary file and a rename; `path` is never replaced by a worse file.
 
-    With `finite` (the default) an object holding a floating tensor with NaN or inf is refused
-    (NonFiniteLoss naming the entry) and nothing is written. The object is serialised in memory
+    With `finite` (every checkpoint and model file of the trainers) an object holding a floating
+    tensor with NaN or inf is refused (NonFiniteLoss naming the entry) and nothing is written; other
+    records may hold NaN on purpose (an undefined relevance, say). The object is serialised in memory
     first (for a moment the checkpoint's size in RAM) and written with a plain write: a full disk
     then raises NoSpaceLeft naming the path and the size instead of torch's "unexpected pos", the
     partial temporary file is removed and `path` keeps its previous content.

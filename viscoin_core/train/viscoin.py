@@ -529,7 +529,7 @@ def train_viscoin(config: ViscoinConfig | Mapping[str, Any] | str | Path, run_di
             loop.append_jsonl(log_path, {"iteration": done_its, "split": "test", **result})
         if done_its % cfg.checkpoint_every == 0 or done_its == stop:
             try:   # save_atomic refuses a state holding NaN/inf, so the old checkpoint stays
-                loop.save_atomic(trainer.state(done_its, loop.rng_state()), run_dir / loop.CHECKPOINT)
+                loop.save_atomic(trainer.state(done_its, loop.rng_state()), run_dir / loop.CHECKPOINT, finite=True)
             except loop.NonFiniteLoss as err:
                 raise loop.stop_message(err, run_dir / loop.CHECKPOINT, saved) from None
             saved = f"iteration {done_its}"
@@ -537,7 +537,7 @@ def train_viscoin(config: ViscoinConfig | Mapping[str, Any] | str | Path, run_di
     if stop < cfg.iterations:
         return {"iteration": stop, "finished": False}
 
-    loop.save_atomic(_model_record(cfg, trainer, train_set.class_names), run_dir / FINAL)
+    loop.save_atomic(_model_record(cfg, trainer, train_set.class_names), run_dir / FINAL, finite=True)
     n_final = len(test_set) if cfg.final_eval_images == 0 else min(cfg.final_eval_images, len(test_set))
     # a seeded random subset (the split may be ordered by class); all of it when final_eval_images is 0
     final_idx = _eval_indices(len(test_set), n_final, cfg.seed)
