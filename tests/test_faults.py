@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import multiprocessing
 import os
@@ -28,6 +29,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from viscoin_core import cli
 from viscoin_core.config import ConfigError, parse_config, to_dict
@@ -48,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD_ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 CHILD_ENV.pop("VISCOIN_DEBUG", None)
 PICK = random.Random(1015)   # the "random" kill points: seeded, so a failure names a point that repeats
+
 
 def die_in(train, target: str, nth: int, where: str) -> None:
     """Run `train()` in a forked child that is SIGKILLed at the nth write of the file named `target`:
@@ -88,8 +91,6 @@ def die_in(train, target: str, nth: int, where: str) -> None:
 @pytest.fixture(autouse=True)
 def quiet_bars(monkeypatch):
     """No progress bars in this module's runs: its assertions read stderr line by line."""
-    import functools
-    from tqdm.auto import tqdm
     for module in (V, C, gan, P):
         monkeypatch.setattr(module, "tqdm", functools.partial(tqdm, disable=True))
 
@@ -304,9 +305,10 @@ def small_tmpfs(tmp_path):
     subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
-def test_real_full_tmpfs_cache_and_checkpoint(data, small_tmpfs, tmp_path):
-    """The issue's reproduction: data.prepare with its cache on a 1 MB tmpfs (SIGBUS before), and a
-    checkpoint larger than the tmpfs (torch's 'unexpected pos' and a 30 MB .tmp before)."""
+def test_real_full_tmpfs_cache_and_checkpoint(data, small_tmpfs, tmp_path, monkeypatch):
+    """The issue's reproduction: data.prepare with its cache on a 1 MB tmpfs (SIGBUS before), from the
+    command line and, past the free-space check, into the kernel's ENOSPC; and a checkpoint larger
+    than the tmpfs (torch's 'unexpected pos' and a 30 MB .tmp before)."""
     params = tmp_path / "data.yaml"
     params.write_text(json.dumps(dict(json.loads(Path(data["yaml"]).read_text()),
                                       cache_dir=str(small_tmpfs / "cache"), resolution=160, workers=1)))
@@ -316,6 +318,10 @@ def test_real_full_tmpfs_cache_and_checkpoint(data, small_tmpfs, tmp_path):
     [line] = out.stderr.strip().splitlines()
     assert re.fullmatch(rf"error: no space left on device: {re.escape(str(small_tmpfs / 'cache'))} needs 1\.8 MB "
                         r"for the train images \(\d+\.\d MB free\); the partial cache was removed", line), line
+    assert list((small_tmpfs / "cache").iterdir()) == []
+    monkeypatch.setattr(P, "require_space", lambda *args: None)    # write until the tmpfs is full
+    with pytest.raises(loop.NoSpaceLeft, match=r"needs 1\.8 MB for the train images.*partial cache was removed"):
+        P.prepare(params)
     assert list((small_tmpfs / "cache").iterdir()) == []
 
     loop.save_atomic({"w": torch.zeros(10)}, small_tmpfs / "checkpoint.pt")
