@@ -125,7 +125,7 @@ def test_resume_is_exact(cache_dir, tmp_path):
     assert V.train_viscoin(cfg, tmp_path / "whole") == whole
 
 
-def test_nan_stops_with_iteration_and_term_after_saving(cache_dir, tmp_path, monkeypatch):
+def test_nan_stops_with_iteration_term_and_last_finite_checkpoint(cache_dir, tmp_path, monkeypatch):
     calls = {"n": 0}
     real_sparsity = losses.sparsity
 
@@ -134,9 +134,11 @@ def test_nan_stops_with_iteration_and_term_after_saving(cache_dir, tmp_path, mon
         value = real_sparsity(phi, mode)
         return value * float("nan") if calls["n"] == 3 else value
     monkeypatch.setattr(losses, "sparsity", sparsity_going_bad)
-    with pytest.raises(loop.NonFiniteLoss, match=r"'sparsity'.*iteration 2"):
-        V.train_viscoin(tiny(cache_dir), tmp_path / "run")
-    ckpt = runs.load_checkpoint(tmp_path / "run")
+    run = tmp_path / "run"
+    with pytest.raises(loop.NonFiniteLoss, match=r"'sparsity'.*iteration 2.*last finite checkpoint is "
+                       rf"{run / 'checkpoint.pt'} \(iteration 2\); nothing was written after it"):
+        V.train_viscoin(tiny(cache_dir, checkpoint_every=1), run)
+    ckpt = runs.load_checkpoint(run)   # the state before the NaN, written as usual after iteration 2
     assert ckpt["iteration"] == 2 and all(torch.isfinite(v).all() for v in ckpt["psi"].values())
 
 

@@ -371,4 +371,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from viscoin_core.cli import run
+    sys.exit(run(main))

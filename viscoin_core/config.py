@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -137,7 +138,7 @@ def read_params(path: str | Path, _seen: tuple = ()) -> dict:
     if path.resolve() in _seen:
         raise ConfigError(f"{path}: 'extends' forms a cycle through {[str(p) for p in _seen]}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(data, dict):
@@ -196,3 +197,14 @@ def resolve_path(path: str | Path) -> Path:
     path = Path(path).expanduser()
     return path if path.is_absolute() else repo_root() / path
 
+class _FloatsLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that also reads 1e6, 1E-4 and -2e+3 as floats (YAML 1.1 wants a dot: 1.0e+6)."""
+
+
+_FloatsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def load_yaml(text: str) -> Any:
+    """yaml.safe_load, except that exponent numbers without a dot (1e6, 1e-4) are floats, not strings."""
+    return yaml.load(text, Loader=_FloatsLoader)

@@ -13,9 +13,13 @@ configuration, the standard library, NumPy and torch.
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import math
 import os
+import pickle
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any, Mapping
@@ -103,11 +107,8 @@ def json_ready(value: Any) -> Any:
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON through a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(json_ready(data), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    """Write JSON through a temporary file and a rename (a full disk: NoSpaceLeft, nothing replaced)."""
+    write_bytes_atomic(path, (json.dumps(json_ready(data), indent=2, sort_keys=True) + "\n").encode())
 
 
 def write_metrics(run_dir: str | Path, metrics: Mapping) -> Path:
@@ -126,12 +127,25 @@ def read_metrics(run_dir: str | Path) -> dict | None:
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
 
-def save_atomic(obj: Any, path: str | Path) -> None:
-    """torch.save through a temporary file and a rename."""
+def save_atomic(obj: Any, path: str | Path, finite: bool = False) -> None:
+    """torch.save through a temporary file and a rename; `path` is never replaced by a worse file.
+
+    With `finite` (every checkpoint and model file of the trainers) an object holding a floating
+    tensor with NaN or inf is refused (NonFiniteLoss naming the entry) and nothing is written; other
+    records may hold NaN on purpose (an undefined relevance, say). The object is serialised in memory
+    first (for a moment the checkpoint's size in RAM) and written with a plain write: a full disk
+    then raises NoSpaceLeft naming the path and the size instead of torch's "unexpected pos", the
+    partial temporary file is removed and `path` keeps its previous content.
+    """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    if finite:
+        bad = nonfinite_entries(obj)
+        if bad:
+            raise NonFiniteLoss(f"refusing to write {path}: {describe_nonfinite(bad)}; "
+                                f"{'its previous content is kept' if path.exists() else 'nothing was written'}")
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes_atomic(path, buffer.getbuffer())
 
 
 def load_checkpoint(run_dir: str | Path, name: str = CHECKPOINT) -> dict | None:
@@ -139,7 +153,7 @@ def load_checkpoint(run_dir: str | Path, name: str = CHECKPOINT) -> dict | None:
     path = Path(run_dir) / name
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_torch(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,3 +188,112 @@ def truncate_log(path: str | Path, last_step: int, key: str = "iteration") -> No
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
     os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults: non-finite states, full disks, refused files. A fault costs at most the work since the
+# last checkpoint, and its message says in one line what happened and where.
+
+class NonFiniteLoss(RuntimeError):
+    """A loss term became NaN or inf; the message names the iteration and the term."""
+
+
+class NoSpaceLeft(OSError):
+    """A write ran out of disk space; the message names the file, the size it needed and what was kept.
+    errno is ENOSPC; str() is the message alone (no '[Errno 28]')."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class CheckpointError(ValueError):
+    """A torch file is refused (not weights-only, unreadable, or holding NaN/inf); the message names it."""
+
+
+def write_bytes_atomic(path: str | Path, data: bytes | memoryview) -> None:
+    """Write `data` to `path` through a temporary file, fsync and a rename.
+
+    On any OSError the temporary file is removed (a partial file must not fill the disk) and `path`
+    keeps its previous content; a full disk raises NoSpaceLeft with the size in MB.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())   # a crash after the rename finds the whole file
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise no_space(path, len(data), "its previous content is kept" if path.exists()
+                           else "nothing was written") from None
+        raise
+
+
+def no_space(path: str | Path, n_bytes: int, kept: str) -> NoSpaceLeft:
+    """NoSpaceLeft for `path` needing `n_bytes`: 'no space left on device: <path> needs N MB (M MB free); <kept>'."""
+    path = Path(path)
+    try:
+        free = f", {shutil.disk_usage(path.parent).free / 2**20:.1f} MB free"
+    except OSError:
+        free = ""
+    return NoSpaceLeft(errno.ENOSPC, f"no space left on device: {path} needs {n_bytes / 2**20:.1f} MB{free}; {kept}")
+
+
+def nonfinite_entries(obj: Any, name: str = "") -> list[tuple[str, int]]:
+    """(dotted name, number of NaN/inf values) of every floating tensor in a nested dict/list/tuple."""
+    if isinstance(obj, torch.Tensor):
+        if not (obj.is_floating_point() or obj.is_complex()):
+            return []
+        count = int((~torch.isfinite(obj)).sum())
+        return [(name or "tensor", count)] if count else []
+    if isinstance(obj, Mapping):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return []
+    found = []
+    for key, value in items:
+        found += nonfinite_entries(value, f"{name}.{key}" if name else str(key))
+    return found
+
+
+def describe_nonfinite(entries: list[tuple[str, int]]) -> str:
+    """'psi.to_concepts.weight' holds 4096 NaN/inf values (and 3 more tensors)."""
+    name, count = entries[0]
+    more = f" (and {len(entries) - 1} more tensors)" if len(entries) > 1 else ""
+    return f"'{name}' holds {count} NaN/inf values{more}"
+
+
+def load_torch(path: str | Path, map_location: Any = "cpu", finite: bool = True) -> Any:
+    """torch.load(weights_only=True) that names the file when it refuses it.
+
+    A pickle with anything but tensors and plain containers, a truncated or foreign file, and (with
+    `finite`) a file holding NaN or inf all raise CheckpointError naming `path`.
+    """
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path}: refused by torch.load(weights_only=True), it holds more than tensors "
+                              f"and plain containers ({_refusal_reason(err)}); load nothing from an "
+                              "untrusted source") from None
+    except (RuntimeError, EOFError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable torch file ({type(err).__name__}: {first})") from None
+    if finite:
+        bad = nonfinite_entries(obj)
+        if bad:
+            raise CheckpointError(f"{path}: {describe_nonfinite(bad)}; refusing a non-finite checkpoint "
+                                  "(resume from an earlier one or start a new run directory)")
+    return obj
+
+
+def _refusal_reason(err: Exception) -> str:
+    """The line of torch's weights-only refusal that names what was refused (its first line is boilerplate)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line or "unsupported" in line]
+    return (named or lines or [type(err).__name__])[0].rstrip(".")

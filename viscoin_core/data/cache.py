@@ -32,7 +32,7 @@ from viscoin_core.data.transforms import augmented_float_chw, to_float_chw
 
 SPLITS = ("train", "test")
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: 16-bit images scaled (were clipped), transparency composited on white
 OPTIONAL_ARRAYS = ("factors", "attributes")
 
 

@@ -10,15 +10,17 @@ when it is missing or was generated with other settings.
 from __future__ import annotations
 
 import argparse
+import errno
 import multiprocessing
+import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import yaml
 from tqdm import tqdm
 
 from viscoin_core.config import ConfigError, config_from, param, parse_config, read_params, resolve_path, to_dict
@@ -28,7 +30,7 @@ from viscoin_core.data.cache import (FORMAT_VERSION, MANIFEST, SPLITS, DataError
 from viscoin_core.data.cub import read_cub
 from viscoin_core.data.folder import read_folder
 from viscoin_core.data.nct import TRAIN_DIRS, class_weights, read_nct
-from viscoin_core.data.transforms import CROPS, bbox_box, center_box, crop_resize, load_rgb, study_box
+from viscoin_core.data.transforms import CROPS, bbox_box, center_box, crop_resize, load_rgb_noted, study_box
 
 DATASETS = ("cub", "nct", "folder", "toybirds", "toytissue")
 CUB_LIKE = ("cub", "toybirds")  # datasets in CUB's layout, the only ones with bounding boxes and crops
@@ -95,18 +97,19 @@ def requested_settings(config: DataConfig, root: Path, fingerprint: str) -> dict
     return settings
 
 
-def process_image(job: tuple) -> tuple[int, np.ndarray | None, str | None]:
-    """Load, crop and resize one image: (row, uint8 HWC or None, reason it was rejected or None)."""
+def process_image(job: tuple) -> tuple[int, np.ndarray | None, str | None, str | None]:
+    """Load, crop and resize one image: (row, uint8 HWC or None, reason it was rejected or None,
+    note on a conversion such as transparency composited on white, or None)."""
     row, path, box, crop, resolution, margin, seed = job
     try:
-        image = load_rgb(path)
+        image, note = load_rgb_noted(path)
     except Exception as err:  # PIL raises many types for bad files; record the reason, never crash
-        return row, None, f"{type(err).__name__}: {err}"
+        return row, None, f"{type(err).__name__}: {err}", None
     width, height = image.size
     flip = False
     if crop == "bbox":
         if box[2] <= 0 or box[3] <= 0:
-            return row, None, f"bounding box {box} has no area"
+            return row, None, f"bounding box {box} has no area", None
         window = bbox_box(width, height, box, margin)
     elif crop == "study":
         rng = np.random.default_rng(seed)
@@ -115,7 +118,7 @@ def process_image(job: tuple) -> tuple[int, np.ndarray | None, str | None]:
     else:
         window = center_box(width, height)
     array = crop_resize(image, window, resolution)
-    return row, (array[:, ::-1] if flip else array), None
+    return row, (array[:, ::-1] if flip else array), None, note
 
 
 def jobs_for(config: DataConfig, raw: RawDataset, split: str) -> list[tuple]:
@@ -129,59 +132,139 @@ def jobs_for(config: DataConfig, raw: RawDataset, split: str) -> list[tuple]:
     return jobs
 
 
-def write_split(config: DataConfig, raw: RawDataset, split: str, cache_dir: Path) -> list[dict]:
-    """Decode one split into the cache; returns the rejected files (path relative to root, reason)."""
+def write_split(config: DataConfig, raw: RawDataset, split: str, cache_dir: Path) -> tuple[list[dict], list[dict]]:
+    """Decode one split into the cache; returns (rejected files with the reason, converted files with
+    a note), paths relative to root.
+
+    The images go through ordinary sequential writes into a temporary .npy that is renamed when it is
+    complete: never a sparse memory map, whose stores on a full disk kill the process with SIGBUS and
+    no message. The space the split needs is checked first; a full disk raises NoSpaceLeft naming the
+    cache and the size, and every partial file of the split is removed.
+    """
     part = raw.splits[split]
     jobs = jobs_for(config, raw, split)
     res = config.resolution
+    shape = (len(jobs), res, res, 3)
     tmp = array_path(cache_dir, split, "images.tmp")
-    images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(jobs), res, res, 3))
+    compact = array_path(cache_dir, split, "images.compact.tmp")
+    final = array_path(cache_dir, split, "images")
+    require_space(cache_dir, int(np.prod(shape)), f"the {split} images")
     ok = np.zeros(len(jobs), dtype=bool)
-    rejected = []
+    rejected, converted = [], []
+    try:
+        with open(tmp, "wb") as handle:
+            write_npy_header(handle, shape)
+            for row, array, reason, note in decoded(config, jobs, split):
+                handle.write(row_bytes(array, res))   # rows arrive in order; a rejected row is zeros for now
+                if array is None:
+                    rejected.append({"path": relative(part.paths[row], raw.root), "reason": reason})
+                else:
+                    ok[row] = True
+                    if note:
+                        converted.append({"path": relative(part.paths[row], raw.root), "note": note})
+        n_rejected = int((~ok).sum())
+        if n_rejected > config.max_rejected * len(jobs):
+            listing = "; ".join(f"{r['path']}: {r['reason']}" for r in rejected[:5])
+            raise DataError(f"{raw.root}: {n_rejected} of {len(jobs)} {split} images are unreadable "
+                            f"(more than max_rejected = {config.max_rejected:.2%}): {listing}")
+        keep = np.flatnonzero(ok)
+        if len(keep) == len(jobs):
+            tmp.replace(final)
+        else:   # drop the rejected rows: a second sequential file, read from the complete first one
+            source = np.load(tmp, mmap_mode="r")
+            with open(compact, "wb") as handle:
+                write_npy_header(handle, (len(keep), res, res, 3))
+                for start in range(0, len(keep), 1024):
+                    handle.write(np.ascontiguousarray(source[keep[start:start + 1024]]).tobytes())
+            del source
+            compact.replace(final)
+        np.save(array_path(cache_dir, split, "labels"), part.labels[keep].astype(np.int64))
+        if raw.factor_names:
+            np.save(array_path(cache_dir, split, "factors"), part.factors[keep].astype(np.float32))
+        if raw.attribute_names:
+            np.save(array_path(cache_dir, split, "attributes"), part.attributes[keep].astype(bool))
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise no_space(cache_dir, int(np.prod(shape)), f"the {split} images") from None
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+        compact.unlink(missing_ok=True)
+    return rejected, converted
+
+
+def decoded(config: DataConfig, jobs: list[tuple], split: str):
+    """process_image over `jobs`, in row order (worker processes for large splits)."""
     bar = dict(total=len(jobs), desc=f"{config.dataset} {split}", unit="img", leave=False, mininterval=2)
     if config.workers > 1 and len(jobs) >= 256:
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
         with context.Pool(config.workers) as pool:
-            results = tqdm(pool.imap(process_image, jobs, chunksize=32), **bar)
-            for row, array, reason in results:
-                record(row, array, reason, images, ok, rejected, part, raw.root)
+            yield from tqdm(pool.imap(process_image, jobs, chunksize=32), **bar)
     else:
         for job in tqdm(jobs, **bar):
-            record(*process_image(job), images, ok, rejected, part, raw.root)
-    n_rejected = int((~ok).sum())
-    if n_rejected > config.max_rejected * len(jobs):
-        del images
-        tmp.unlink(missing_ok=True)
-        listing = "; ".join(f"{r['path']}: {r['reason']}" for r in rejected[:5])
-        raise DataError(f"{raw.root}: {n_rejected} of {len(jobs)} {split} images are unreadable "
-                        f"(more than max_rejected = {config.max_rejected:.2%}): {listing}")
-    keep = np.flatnonzero(ok)
-    final = array_path(cache_dir, split, "images")
-    if len(keep) == len(jobs):
-        images.flush()
-        del images
-        tmp.replace(final)
-    else:
-        out = np.lib.format.open_memmap(final, mode="w+", dtype=np.uint8, shape=(len(keep), res, res, 3))
-        for start in range(0, len(keep), 1024):
-            out[start:start + 1024] = images[keep[start:start + 1024]]
-        out.flush()
-        del out, images
-        tmp.unlink()
-    np.save(array_path(cache_dir, split, "labels"), part.labels[keep].astype(np.int64))
-    if raw.factor_names:
-        np.save(array_path(cache_dir, split, "factors"), part.factors[keep].astype(np.float32))
-    if raw.attribute_names:
-        np.save(array_path(cache_dir, split, "attributes"), part.attributes[keep].astype(bool))
-    return rejected
+            yield process_image(job)
 
 
-def record(row, array, reason, images, ok, rejected, part, root) -> None:
+def write_npy_header(handle, shape: tuple[int, ...]) -> None:
+    """The .npy header of a C-order uint8 array of `shape` (the rows follow as raw bytes)."""
+    np.lib.format.write_array_header_1_0(handle, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+                                                  "fortran_order": False, "shape": tuple(int(n) for n in shape)})
+
+
+def row_bytes(array: np.ndarray | None, res: int) -> bytes:
+    """One cached image as bytes; zeros for a rejected one."""
     if array is None:
-        rejected.append({"path": str(Path(part.paths[row]).relative_to(root)), "reason": reason})
-    else:
-        images[row] = array
-        ok[row] = True
+        return bytes(res * res * 3)
+    return np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def relative(path: Path | str, root: Path) -> str:
+    return str(Path(path).relative_to(root))
+
+
+def require_space(cache_dir: Path, n_bytes: int, what: str) -> None:
+    """Raise NoSpaceLeft before decoding when `cache_dir`'s file system has less free space than `n_bytes`."""
+    free = shutil.disk_usage(cache_dir).free
+    if free < n_bytes:
+        raise no_space(cache_dir, n_bytes, what)
+
+
+def no_space(cache_dir: Path, n_bytes: int, what: str):
+    """NoSpaceLeft: 'no space left on device: <cache> needs N MB for <what> (M MB free); nothing was kept'."""
+    from viscoin_core.train.loop import NoSpaceLeft
+    free = shutil.disk_usage(cache_dir).free
+    return NoSpaceLeft(errno.ENOSPC, f"no space left on device: {cache_dir} needs {n_bytes / 2**20:.1f} MB for "
+                                     f"{what} ({free / 2**20:.1f} MB free); the partial cache was removed")
+
+
+def class_checks(raw: RawDataset, counts: dict, rejected: dict) -> list[str]:
+    """Raise DataError for a class with no readable training image; return warnings for classes with
+    one training image or no test image (each names the class and its folder)."""
+    notes = []
+    for c, name in enumerate(raw.class_names):
+        folder = class_folder(raw, c)
+        n_train, n_test = counts["train"]["per_class"][c], counts["test"]["per_class"][c]
+        if n_train == 0:
+            bad = [r for r in rejected["train"] if Path(raw.root, r["path"]).parent == folder]
+            why = f": {bad[0]['path']}: {bad[0]['reason']}" if bad else ""
+            raise DataError(f"class '{name}' ({folder}) has no readable training image "
+                            f"({len(bad)} rejected{why}); fix or remove the class")
+        if n_test == 0:
+            notes.append(f"class '{name}' ({folder}) has no test image ({n_train} train): its accuracy is not "
+                         "measured; give it at least 2 images")
+        elif n_train == 1:
+            notes.append(f"class '{name}' ({folder}) has a single training image")
+    return notes
+
+
+def class_folder(raw: RawDataset, label: int) -> Path:
+    """The folder of class `label`'s first image (any split), else the dataset's root."""
+    for split in SPLITS:
+        part = raw.splits[split]
+        rows = np.flatnonzero(part.labels == label)
+        if len(rows):
+            return Path(part.paths[rows[0]]).parent
+    return Path(raw.root)
 
 
 def prepare(config: DataConfig | Mapping[str, Any] | str | Path, force: bool = False) -> Path:
@@ -207,18 +290,36 @@ def build_or_reuse(config: DataConfig, root: Path, cache_dir: Path, force: bool)
     start = time.time()
     cache_dir.mkdir(parents=True, exist_ok=True)
     remove_cache(cache_dir)
-    rejected, counts = {}, {}
+    try:   # the manifest is written last: until then the directory holds no valid cache
+        return write_cache(config, raw, settings, cache_dir, start)
+    except BaseException:
+        remove_cache(cache_dir)   # no partial arrays are left to fill the disk or to be mistaken for a cache
+        raise
+
+
+def write_cache(config: DataConfig, raw: RawDataset, settings: dict, cache_dir: Path, start: float) -> Path:
+    """Write every split and then the manifest; returns the manifest path. Warns (and records in the
+    manifest) on converted images and on classes with too few images."""
+    rejected, converted, counts = {}, {}, {}
     n_classes = len(raw.class_names)
     for split in SPLITS:
-        rejected[split] = write_split(config, raw, split, cache_dir)
+        rejected[split], converted[split] = write_split(config, raw, split, cache_dir)
         labels = np.load(array_path(cache_dir, split, "labels"))
         counts[split] = {"total": int(len(labels)),
                          "per_class": np.bincount(labels, minlength=n_classes).tolist()}
+    notes = class_checks(raw, counts, rejected)
+    for split in SPLITS:
+        if converted[split]:
+            first = converted[split][0]
+            notes.append(f"{len(converted[split])} {split} image(s) had transparency, composited on white "
+                         f"(first: {first['path']}; all listed under 'converted' in the manifest)")
+    for note in notes:
+        warnings.warn(f"{raw.root}: {note}", stacklevel=3)
     manifest = {
         "format_version": FORMAT_VERSION,
         "settings": settings,
         "config": to_dict(config),
-        "source": str(root),
+        "source": settings["root"],
         "class_names": raw.class_names,
         "factor_names": raw.factor_names,
         "attribute_names": raw.attribute_names,
@@ -226,6 +327,8 @@ def build_or_reuse(config: DataConfig, root: Path, cache_dir: Path, force: bool)
         "counts": counts,
         "class_weights": class_weights(np.maximum(counts["train"]["per_class"], 1)).tolist(),
         "rejected": rejected,
+        "converted": converted,
+        "warnings": notes,
         "checksum": {"sha256": checksum(cache_dir)},
         "notes": raw.notes,
         "built_seconds": round(time.time() - start, 2),
@@ -248,6 +351,7 @@ def summary(manifest: dict) -> str:
     for split in SPLITS:
         n_rej = len(manifest["rejected"][split])
         lines.append(f"{split}: {manifest['counts'][split]['total']} images, {n_rej} rejected")
+    lines += [f"warning: {note}" for note in manifest.get("warnings", [])]
     lines.append(f"{len(manifest['class_names'])} classes; factors: {len(manifest['factor_names'] or [])}; "
                  f"attributes: {len(manifest['attribute_names'] or [])}")
     lines.append(f"checksum sha256 {manifest['checksum']['sha256'][:16]}...")
@@ -261,17 +365,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one parameter")
     parser.add_argument("--force", action="store_true", help="rebuild even when the cache matches")
     args = parser.parse_args(argv)
+    from viscoin_core.train.loop import parse_overrides
     try:
         params = read_params(args.params)
-        for item in args.set:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-            params[key] = yaml.safe_load(value)
+        params.update(parse_overrides(args.set))
         config = parse_config(DataConfig, params, source=args.params)
-        path = prepare(config, force=args.force)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)   # the summary below lists them, once
+            path = prepare(config, force=args.force)
     except (ConfigError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     print(summary(read_manifest(path.parent)), file=sys.stderr)
     print(path)
@@ -279,4 +382,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from viscoin_core.cli import run
+    sys.exit(run(main))

@@ -19,16 +19,55 @@ STUDY_CROP = 256  # the study took one random 256x256 window of each original CU
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image fully and convert it to RGB (grayscale, palette, CMYK, RGBA all become RGB).
+    """Open an image fully and convert it to 8-bit RGB; see `load_rgb_noted` for what each mode becomes."""
+    return load_rgb_noted(path)[0]
 
-    Raises OSError/ValueError (from PIL) on unreadable or truncated files; the caller records why.
+
+def load_rgb_noted(path: str | Path) -> tuple[Image.Image, str | None]:
+    """(8-bit RGB image, note or None): the image at `path` decoded and converted.
+
+    - 16-bit grey (PIL modes I;16*, and I with values in 0..65535) is scaled to 8 bits by
+      round(v / 257), so 65535 -> 255 and 32768 -> 128 (PIL's own conversion clips at 255).
+    - Transparency (RGBA, LA, PA, a palette with a transparent index) is composited on white, the
+      background a viewer shows; the note says so, `data.prepare` lists those files in the manifest
+      and warns. An image whose alpha is everywhere opaque converts without a note.
+    - Grey, 1-bit, palette, CMYK and YCbCr images convert as PIL converts them.
+    - 32-bit float images (mode F) and 32-bit integers beyond 0..65535 are refused (ValueError): their
+      range is unknown, and a guessed scale would silently change every pixel.
+    Raises OSError/ValueError (from PIL) on unreadable or truncated files and on images above PIL's
+    decompression-bomb limit; the caller records why.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # PIL's notes on odd EXIF; real failures raise
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as image:
             image.load()  # decode now: truncated files fail here, not later
-            return image.convert("RGB")
+            return to_rgb(image)
+
+
+GREY16_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def to_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
+    """An opened image as 8-bit RGB, and a note when pixels were composited (rules in `load_rgb_noted`)."""
+    if image.mode in GREY16_MODES:
+        values = np.asarray(image).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(f"{image.mode} image with values {values.min()}..{values.max()}: not 8 or 16 bit, "
+                             "its range is unknown")
+        grey = ((values + 128) // 257).astype(np.uint8)   # round(v / 257): 65535 -> 255, 32768 -> 128
+        return Image.fromarray(np.repeat(grey[..., None], 3, axis=2)), None
+    if image.mode == "F":
+        raise ValueError("32-bit float image: its range is unknown; convert it to 8 or 16 bit first")
+    transparent = image.mode in ALPHA_MODES or (image.mode == "P" and "transparency" in image.info)
+    if not transparent:
+        return image.convert("RGB"), None
+    rgba = image.convert("RGBA")
+    if np.asarray(rgba)[..., 3].min() == 255:
+        return rgba.convert("RGB"), None
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB"), f"{image.mode} with transparency composited on white"
 
 
 def center_box(width: int, height: int) -> tuple[float, float, float, float]:

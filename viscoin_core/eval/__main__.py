@@ -45,4 +45,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from viscoin_core.cli import run
+    sys.exit(run(main))

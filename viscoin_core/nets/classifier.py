@@ -117,17 +117,20 @@ def save_classifier(f: Classifier, path: str | Path, class_names: list[str] | No
               "state_dict": {k: v.detach().cpu() for k, v in f.state_dict().items()}}
     if names is not None:
         record["class_names"] = list(names)
-    save_atomic(record, path)
+    save_atomic(record, path, finite=True)   # a NaN/inf f is never written over a good one
 
 
 def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> Classifier:
-    """Read a `save_classifier` file (or a run directory holding f.pt); returns f in eval mode."""
+    """Read a `save_classifier` file (or a run directory holding f.pt); returns f in eval mode.
+
+    A file that is not weights-only, unreadable or holding NaN/inf raises CheckpointError naming it."""
     path = Path(path)
     if path.is_dir():
         path = path / "f.pt"
     if not path.is_file():
         raise FileNotFoundError(f"classifier checkpoint {path} does not exist")
-    record = torch.load(path, map_location=map_location, weights_only=True)
+    from viscoin_core.train.loop import load_torch
+    record = load_torch(path, map_location=map_location)   # refuses non-weights or NaN/inf files, naming them
     if not isinstance(record, dict) or "kwargs" not in record or "state_dict" not in record:
         raise ValueError(f"{path} is not a classifier checkpoint (expected keys 'kwargs' and 'state_dict')")
     f = Classifier(**record["kwargs"])

@@ -16,6 +16,7 @@ an interrupted run resumes from the last finished epoch), best.pt, and at the en
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,13 @@ from viscoin_core.nets.classifier import build_classifier, load_classifier, save
 from viscoin_core.runs import (append_jsonl, load_checkpoint, pick_device, prepare_run_dir, read_metrics, run_directory,
                                save_atomic, truncate_log, write_metrics)
 from viscoin_core.train import loop
-from viscoin_core.train.loop import check_finite, rng_state, seed_everything, set_rng_state
+from viscoin_core.runs import NonFiniteLoss
+from viscoin_core.train.loop import (check_finite, check_finite_parameters, rng_state, seed_everything, set_rng_state,
+                                     stop_message)
+
+# A cross entropy this far above log(n_classes) means the weights blew up (lr far too large, say):
+# finite, but nothing a resumed run could learn from. Stopping keeps the last sane checkpoint.
+DIVERGED_CROSS_ENTROPY = 1000.0
 
 
 @dataclass
@@ -172,7 +179,12 @@ def build_f(config: ClassifierConfig, n_classes: int, class_names: list[str]) ->
 
 
 def train_classifier(config: ClassifierConfig, run_dir: str | Path) -> dict:
-    """Fine-tune f as configured; returns (and writes) metrics.json. Resumes from run_dir's checkpoint."""
+    """Fine-tune f as configured; returns (and writes) metrics.json. Resumes from run_dir's checkpoint.
+
+    A NaN/inf or diverged (> DIVERGED_CROSS_ENTROPY) loss, or NaN/inf weights after an epoch, stop
+    the run with NonFiniteLoss naming the step or epoch and the last finite checkpoint, which stays.
+    """
+    check_sources(config)   # before a run directory or a cache is made
     run_dir = prepare_run_dir(run_dir, config)
     done = read_metrics(run_dir)
     if done is not None and (run_dir / "f.pt").exists():
@@ -188,6 +200,8 @@ def train_classifier(config: ClassifierConfig, run_dir: str | Path) -> dict:
 
     start_epoch, best = 0, {"val_accuracy": -1.0, "epoch": -1}
     state = load_checkpoint(run_dir)
+    checkpoint = run_dir / "checkpoint.pt"
+    saved = None if state is None else f"epoch {state['epoch'] + 1} of {config.epochs}"
     log_path = run_dir / "log.jsonl"
     if state is not None:
         f.load_state_dict(state["f"])
@@ -217,7 +231,10 @@ def train_classifier(config: ClassifierConfig, run_dir: str | Path) -> dict:
                 group["lr"] = learning_rate(config, step, config.epochs * steps_per_epoch)
             logits = f(x)
             loss = F.cross_entropy(logits, y, weight=weight)
-            check_finite({"cross_entropy": loss}, step)
+            try:
+                check_finite({"cross_entropy": loss}, step, limit=DIVERGED_CROSS_ENTROPY, unit="step")
+            except NonFiniteLoss as err:
+                raise stop_message(err, checkpoint, saved) from None
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -229,6 +246,10 @@ def train_classifier(config: ClassifierConfig, run_dir: str | Path) -> dict:
                 append_jsonl(log_path, {"kind": "step", "epoch": epoch, "step": step, "loss": float(loss.detach())})
         if config.recalibrate_bn:
             recalibrate_batchnorm(f, Subset(train_plain, train_idx), config.eval_batch_size, device)
+        try:   # before best.pt and checkpoint.pt: neither is replaced by a non-finite model
+            check_finite_parameters(f.state_dict().items(), epoch + 1, unit="epoch")
+        except NonFiniteLoss as err:
+            raise stop_message(err, checkpoint, saved) from None
         val = evaluate(f, val_part, config.eval_batch_size, device, weight, desc="validation")
         record = {"kind": "epoch", "epoch": epoch, "step": step, "train_loss": loss_sum / n,
                   "train_accuracy": 100.0 * correct / n, "val_loss": val["loss"], "val_accuracy": val["accuracy"],
@@ -239,7 +260,8 @@ def train_classifier(config: ClassifierConfig, run_dir: str | Path) -> dict:
         record["best_epoch"] = best["epoch"]
         append_jsonl(log_path, record)
         save_atomic({"epoch": epoch, "f": f.state_dict(), "opt": opt.state_dict(), "best": best,
-                     "rng": rng_state()}, run_dir / "checkpoint.pt")
+                     "rng": rng_state()}, checkpoint, finite=True)
+        saved = f"epoch {epoch + 1} of {config.epochs}"
 
     f = load_classifier(run_dir / "best.pt", map_location=device)
     result = evaluate(f, test, config.eval_batch_size, device, desc="test")
@@ -251,6 +273,17 @@ def train_classifier(config: ClassifierConfig, run_dir: str | Path) -> dict:
                "data": config.data}
     write_metrics(run_dir, metrics)
     return metrics
+
+
+def check_sources(config: ClassifierConfig) -> None:
+    """Raise ConfigError naming the parameter when its data file or init_from does not exist."""
+    if not resolve_path(config.data).is_file():
+        raise ConfigError(f"parameter 'data' = {config.data!r}: {resolve_path(config.data)} does not exist")
+    if config.init_from:
+        path = resolve_path(config.init_from)
+        target = path / "f.pt" if path.is_dir() else path
+        if not target.is_file():
+            raise ConfigError(f"parameter 'init_from' = {config.init_from!r}: {target} does not exist")
 
 
 def default_run_dir(params_file: str | Path, seed: int = 0) -> Path:
@@ -284,4 +317,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from viscoin_core.cli import run
+    sys.exit(run(main))

@@ -40,6 +40,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,11 +54,11 @@ from tqdm import tqdm   # text bars: a widget bar shows "model not found" once i
 from viscoin_core.config import ConfigError, param, resolve_path
 from viscoin_core.nets import network_pkl, stylegan2
 from viscoin_core import streams
-from viscoin_core.runs import (append_jsonl, load_checkpoint, pick_device, prepare_run_dir, read_jsonl, read_metrics,
+from viscoin_core.runs import (append_jsonl, load_checkpoint, load_torch, pick_device, prepare_run_dir, read_jsonl, read_metrics,
                                save_atomic, truncate_log, write_metrics)
 from viscoin_core.train import augment as ada
 from viscoin_core.train import loop
-from viscoin_core.train.loop import NonFiniteLoss, check_finite, seed_everything
+from viscoin_core.train.loop import NonFiniteLoss, check_finite, check_finite_parameters, seed_everything
 
 AUGMENT_MODES = ("ada", "fixed", "none")
 ARCHS = ("small", "paper256")
@@ -350,7 +351,7 @@ def train_step(state: GanState, config: GanConfig, reals_of: Callable[[torch.Ten
         opt.zero_grad(set_to_none=True)
 
     def finish(module, opt, name: str):
-        check_finite({k: v for k, v in logs.items() if k.startswith(name)}, step)
+        check_finite({k: v for k, v in logs.items() if k.startswith(name)}, step, unit="step")
         sync_gradients(module)
         opt.step()
 
@@ -530,7 +531,7 @@ def fid_snapshot(G_ema, dataset, config: GanConfig, device: torch.device, classi
     from viscoin_core.eval import metrics as M
     n = min(config.fid_images, len(dataset))
     extractor = M.feature_extractor(config.fid_features, classifier, device)
-    real_feats = torch.load(cache_path, weights_only=True) if cache_path.exists() else None
+    real_feats = load_torch(cache_path) if cache_path.exists() else None
     if real_feats is None or len(real_feats) != n:
         # A fixed random subset: cached splits are sorted by class, so the first n would miss classes.
         chosen = torch.randperm(len(dataset), generator=streams.generator(config.seed, "gan.fid_reals"))[:n]
@@ -599,6 +600,7 @@ def train_gan(config: GanConfig, run_dir: str | Path, stop_at_kimg: float | None
     notebooks that split a run); calling again continues.
     """
     run_dir = Path(run_dir)
+    check_sources(config)   # a missing start network or FID classifier fails before anything is made
     dist_device = init_distributed()
     rank, n_proc = world()
     if rank == 0:
@@ -646,22 +648,33 @@ def train_gan(config: GanConfig, run_dir: str | Path, stop_at_kimg: float | None
     snapshot_seconds = [0.0]
 
     def snapshot() -> None:
-        """Checkpoint, sample grid and FID/KID at the current step (rank 0 writes)."""
+        """Checkpoint, sample grid and FID/KID at the current step (rank 0 writes).
+
+        The log line goes first and the checkpoint last: a kill between them resumes from the previous
+        checkpoint, whose resume drops this line and makes the snapshot again, so metrics.json never
+        reads a stale FID (the other order left a checkpoint whose snapshot line was lost).
+        """
         began = time.time()
+        # NaN/inf networks are never sampled, scored nor saved over the last good snapshot; every
+        # rank checks (their networks are the same), so none is left waiting at the barrier below
+        check_finite_parameters(((f"{k}.{n}", t) for k, m in (("G", G), ("D", D), ("G_ema", G_ema))
+                                 for n, t in m.state_dict().items()), state.step, unit="step")
         if rank == 0:
             kimg = state.nimg / 1000
             entry = {"step": state.step, "kimg": kimg, "event": "snapshot", "augment_p": state.p}
             save_grid(G_ema, config, device, run_dir / grid_name(kimg))
             if config.fid_images > 0:
                 entry.update(fid_snapshot(G_ema, dataset, config, device, classifier, fid_cache))
-            save_atomic(checkpoint_record(state), run_dir / "checkpoint.pt")
             append_jsonl(log_path, entry)
+            save_atomic(checkpoint_record(state), run_dir / "checkpoint.pt", finite=True)
         if n_proc > 1:
             dist.barrier()
         snapshot_seconds[0] += time.time() - began
 
+    saved = None if record is None else f"step {state.step}"
     if record is None:
         snapshot()                                    # kimg 0: the start network's FID
+        saved = "step 0"
     started, start_step = time.time(), state.step
     snapshot_seconds[0] = 0.0
     bar = tqdm(total=total_steps, initial=state.step, desc="G/D steps", disable=rank != 0)
@@ -675,13 +688,15 @@ def train_gan(config: GanConfig, run_dir: str | Path, stop_at_kimg: float | None
                                         "seconds": time.time() - started})
             if state.step % snapshot_steps == 0 or state.step == total_steps:
                 snapshot()
+                saved = f"step {state.step}"
                 if stop_at_kimg is not None and state.nimg / 1000 >= stop_at_kimg and state.step < total_steps:
                     return {"stopped_at_kimg": state.nimg / 1000}
     except NonFiniteLoss as err:
         if rank == 0:
             append_jsonl(log_path, {"step": state.step, "kimg": state.nimg / 1000, "event": "nonfinite",
                                     "message": str(err)})
-        raise NonFiniteLoss(f"{err}; training stopped, the last good snapshot is {run_dir / 'checkpoint.pt'}") from None
+        raise NonFiniteLoss(f"{err}; training stopped, the last good snapshot is {run_dir / 'checkpoint.pt'} "
+                            f"({saved}); nothing was written after it") from None
     finally:
         bar.close()
 
@@ -695,6 +710,17 @@ def train_gan(config: GanConfig, run_dir: str | Path, stop_at_kimg: float | None
     if n_proc > 1:
         dist.barrier()
     return metrics
+
+
+def check_sources(config: GanConfig) -> None:
+    """Raise ConfigError naming the parameter when the start network or fid_classifier does not exist
+    (a missing data file is named by `load_training_data`, which reads it first)."""
+    if config.start != "scratch" and not resolve_path(config.start).exists():
+        raise ConfigError(f"parameter 'start' = {config.start!r}: {resolve_path(config.start)} does not exist "
+                          "(official pickles go under weights/stylegan2-ada/, see README; or use 'scratch')")
+    if config.fid_images > 0 and config.fid_classifier and not resolve_path(config.fid_classifier).exists():
+        raise ConfigError(f"parameter 'fid_classifier' = {config.fid_classifier!r}: "
+                          f"{resolve_path(config.fid_classifier)} does not exist")
 
 
 def final_metrics(run_dir: Path, config: GanConfig, state: GanState, seconds: float, steps: int) -> dict:
@@ -727,4 +753,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from viscoin_core.cli import run
+    sys.exit(run(main))

@@ -9,17 +9,15 @@ import argparse
 import ctypes
 import math
 import random
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
 import yaml
 
-from viscoin_core.config import ConfigError, load_config, resolve_path
-
-
-class NonFiniteLoss(RuntimeError):
-    """A loss term became NaN or inf; the message names the iteration and the term."""
+from viscoin_core.config import ConfigError, load_config, load_yaml, resolve_path
+from viscoin_core.runs import NonFiniteLoss, describe_nonfinite
 
 
 def seed_everything(seed: int) -> None:
@@ -76,13 +74,17 @@ def _as_tuple(value: Any) -> Any:
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def check_finite(terms: Mapping[str, torch.Tensor | float], iteration: int) -> None:
-    """Raise NonFiniteLoss naming the first NaN/inf term and the iteration."""
+def check_finite(terms: Mapping[str, torch.Tensor | float], iteration: int, limit: float | None = None,
+                 unit: str = "iteration") -> None:
+    """Raise NonFiniteLoss naming the first NaN/inf term (or, with `limit`, the first above it) and the
+    iteration. The caller adds where the last finite checkpoint is (`stop_message`)."""
     for name, value in terms.items():
         v = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
         if not math.isfinite(v):
-            raise NonFiniteLoss(f"loss term '{name}' is {v} at iteration {iteration}; "
-                                "the last good state was saved in the run directory")
+            raise NonFiniteLoss(f"loss term '{name}' is {v} at {unit} {iteration}")
+        if limit is not None and abs(v) > limit:
+            raise NonFiniteLoss(f"loss term '{name}' is {v:.3g} at {unit} {iteration}, above {limit:g}: "
+                                "training diverged (try a lower lr)")
 
 
 def cycle(loader: Iterable) -> Iterable:
@@ -110,7 +112,10 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set iterations=600")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = load_yaml(value)     # reads 1e6 and 1e-4 as floats (YAML 1.1 would not)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({' '.join(str(err).split())})") from None
     return out
 
 
@@ -121,3 +126,31 @@ def stage_config(cls: type, args: argparse.Namespace) -> Any:
     if args.device:
         overrides["device"] = args.device
     return load_config(cls, path, **overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults: non-finite states, full disks, refused files (issue 15). A fault costs at most the work
+# since the last checkpoint, and its message says in one line what happened and where.
+
+def check_finite_parameters(named: Iterable[tuple[str, torch.Tensor]], iteration: int, unit: str = "iteration") -> None:
+    """Raise NonFiniteLoss when a tensor of `named` (name, tensor) holds NaN or inf, naming it.
+
+    One device sync for all tensors; names are only looked up on failure.
+    """
+    named = [(k, t.detach()) for k, t in named if t.is_floating_point()]
+    if not named or bool(torch.stack([torch.isfinite(t).all() for _, t in named]).all()):
+        return
+    bad = [(k, int((~torch.isfinite(t)).sum())) for k, t in named if not bool(torch.isfinite(t).all())]
+    raise NonFiniteLoss(f"parameter {describe_nonfinite(bad)} after the update of {unit} {iteration}")
+
+
+def stop_message(err: Exception, checkpoint: Path, saved: str | None) -> NonFiniteLoss:
+    """A NonFiniteLoss saying what went wrong and which finite checkpoint a resume would start from;
+    `saved` says what that checkpoint holds ('iteration 40', 'epoch 3', ...), None when there is none."""
+    if saved is None:
+        where = f"no checkpoint was written yet ({checkpoint} does not exist)"
+    else:
+        where = f"the last finite checkpoint is {checkpoint} ({saved}); nothing was written after it"
+    return NonFiniteLoss(f"{err}; training stopped, {where}")
+
+

@@ -29,6 +29,7 @@ unfused modulated convolutions (gradients reach ws only), fused Adam; on CUDA bf
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -40,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm   # text bars: a widget bar shows "model not found" once its page is reloaded
 
 from viscoin_core import losses, runs, streams
-from viscoin_core.config import to_dict
+from viscoin_core.config import ConfigError, resolve_path, to_dict
 from viscoin_core.model import FINAL, ViscoinConfig, as_config, build_f, build_G, build_parts, load_data
 from viscoin_core.train import loop
 
@@ -183,7 +184,8 @@ class Trainer:
     def step(self, x_real: torch.Tensor, z: torch.Tensor, iteration: int) -> dict[str, float]:
         """One optimiser step on B real + B synthetic images; returns the loss terms as floats.
 
-        Raises NonFiniteLoss (before touching the parameters) when a term is NaN or inf.
+        Raises NonFiniteLoss (before touching the parameters) when a term is NaN or inf, and after the
+        update when it left a parameter NaN or inf (the caller then writes no checkpoint).
         """
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.cfg, iteration)
@@ -197,6 +199,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
+        # a finite loss can still leave NaN/inf parameters (lr far too large): stop on the step that made them
+        loop.check_finite_parameters(((f"{k}.{n}", p) for k, m in self.parts.items()
+                                      for n, p in m.named_parameters()), iteration)
         return dict(zip(named, values))
 
     def train_mode(self, on: bool) -> None:
@@ -282,6 +287,7 @@ def train_viscoin(config: ViscoinConfig | Mapping[str, Any] | str | Path, run_di
     interruption would); calling again resumes. A finished run returns its metrics.json.
     """
     cfg = as_config(config)
+    check_sources(cfg)   # a missing f, G or data file fails before a run directory or a cache is made
     run_dir = runs.prepare_run_dir(run_dir, cfg)
     done = runs.read_metrics(run_dir)
     if done is not None and (run_dir / FINAL).exists():
@@ -297,12 +303,17 @@ def train_viscoin(config: ViscoinConfig | Mapping[str, Any] | str | Path, run_di
     from viscoin_core.eval.metrics import build_lpips
     trainer = Trainer(cfg, f, G, parts, build_lpips(cfg.lpips_backbone), device)
 
-    start = 0
+    start, saved = 0, None     # saved: what the last (finite) checkpoint written holds
     ckpt = runs.load_checkpoint(run_dir)
     if ckpt is not None:
         start = trainer.restore(ckpt)
+        saved = f"iteration {start}"
         runs.truncate_log(run_dir / "log.jsonl", start)
+        if start == cfg.iterations:   # killed in the final steps: their evaluation is made again
+            _drop_final_record(run_dir / "log.jsonl", cfg.iterations)
         del ckpt
+    elif (run_dir / "log.jsonl").exists():
+        (run_dir / "log.jsonl").unlink()   # lines of a run killed before its first checkpoint
     stop = cfg.iterations if stop_after is None else min(cfg.iterations, stop_after)
     eval_idx = _eval_indices(len(test_set), cfg.eval_subset, cfg.seed)
     eval_batch = max(1, cfg.batch_real + cfg.batch_fake)
@@ -318,13 +329,12 @@ def train_viscoin(config: ViscoinConfig | Mapping[str, Any] | str | Path, run_di
     bar = tqdm(total=cfg.iterations, initial=start, desc="VisCoIN", dynamic_ncols=True)
     tic = time.perf_counter()
     for it, (x_real, _) in enumerate(loader, start=start):
-        rng_before = loop.rng_state()
         z = synthetic_z(cfg, it, trainer.G.z_dim)
         try:
             terms = trainer.step(x_real, z, it)
-        except loop.NonFiniteLoss:
-            runs.save_atomic(trainer.state(it, rng_before), run_dir / runs.CHECKPOINT)
-            raise
+        except loop.NonFiniteLoss as err:
+            # nothing is written: the checkpoint on disk is the last finite state
+            raise loop.stop_message(err, run_dir / runs.CHECKPOINT, saved) from None
         done_its = it + 1
         bar.update(1)
         if done_its % cfg.log_every == 0 or done_its == cfg.iterations:
@@ -339,12 +349,16 @@ def train_viscoin(config: ViscoinConfig | Mapping[str, Any] | str | Path, run_di
             loop.set_rng_state(rng)   # evaluation must not shift the training stream
             runs.append_jsonl(log_path, {"iteration": done_its, "split": "test", **result})
         if done_its % cfg.checkpoint_every == 0 or done_its == stop:
-            runs.save_atomic(trainer.state(done_its, loop.rng_state()), run_dir / runs.CHECKPOINT)
+            try:   # save_atomic refuses a state holding NaN/inf, so the old checkpoint stays
+                runs.save_atomic(trainer.state(done_its, loop.rng_state()), run_dir / runs.CHECKPOINT, finite=True)
+            except loop.NonFiniteLoss as err:
+                raise loop.stop_message(err, run_dir / runs.CHECKPOINT, saved) from None
+            saved = f"iteration {done_its}"
     bar.close()
     if stop < cfg.iterations:
         return {"iteration": stop, "finished": False}
 
-    runs.save_atomic(_model_record(cfg, trainer, train_set.class_names), run_dir / FINAL)
+    runs.save_atomic(_model_record(cfg, trainer, train_set.class_names), run_dir / FINAL, finite=True)
     n_final = len(test_set) if cfg.final_eval_images == 0 else min(cfg.final_eval_images, len(test_set))
     # a seeded random subset (the split may be ordered by class); all of it when final_eval_images is 0
     final_idx = _eval_indices(len(test_set), n_final, cfg.seed)
@@ -359,6 +373,31 @@ def train_viscoin(config: ViscoinConfig | Mapping[str, Any] | str | Path, run_di
     return metrics
 
 
+def check_sources(cfg: ViscoinConfig) -> None:
+    """Raise ConfigError naming the parameter when the f, G, data or cache_dir it names does not exist."""
+    wanted = {"f": "f.pt", "G": "G.pt"}
+    for key in ("f", "G"):
+        value = getattr(cfg, key)
+        if value == "random":
+            continue
+        path = resolve_path(value)
+        target = path / wanted[key] if path.is_dir() else path
+        if not target.is_file():
+            raise ConfigError(f"parameter '{key}' = {value!r}: {target} does not exist; train that stage first "
+                              "or use 'random'")
+    if cfg.data and not resolve_path(cfg.data).is_file():
+        raise ConfigError(f"parameter 'data' = {cfg.data!r}: {resolve_path(cfg.data)} does not exist")
+    if cfg.cache_dir and not (resolve_path(cfg.cache_dir) / "manifest.json").is_file():
+        raise ConfigError(f"parameter 'cache_dir' = {cfg.cache_dir!r}: {resolve_path(cfg.cache_dir)} holds no "
+                          "manifest.json; prepare it first (python -m viscoin_core.data.prepare) or set 'data'")
+
+
+def _drop_final_record(log_path: Path, iterations: int) -> None:
+    """Remove the final evaluation's line (split 'test' at the last iteration) from a run's log."""
+    kept = [r for r in runs.read_jsonl(log_path) if not (r.get("split") == "test" and r.get("iteration") == iterations)]
+    runs.write_bytes_atomic(log_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = loop.stage_cli("viscoin", __doc__).parse_args(argv)
     metrics = train_viscoin(loop.stage_config(ViscoinConfig, args), args.run_dir)
@@ -367,4 +406,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from viscoin_core.cli import run
+    sys.exit(run(main))
