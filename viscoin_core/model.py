@@ -197,7 +197,8 @@ def build_parts(cfg: ViscoinConfig, f: nn.Module, G: nn.Module, n_classes: int) 
 
 def load_viscoin(run_dir: str | Path, device: str | torch.device = "cpu") -> dict:
     """The trained system of a run directory: {'f', 'G', 'psi', 'theta', 'omega', 'config', 'class_names'},
-    every module in eval mode on `device`. Reads viscoin.pt, or the last checkpoint of an unfinished run."""
+    every module in eval mode on `device`. Reads viscoin.pt, or the last checkpoint of an unfinished run.
+    A file that is not weights-only or holds NaN/inf is refused (runs.CheckpointError naming it)."""
     run_dir = Path(run_dir)
     record = runs.load_checkpoint(run_dir, FINAL)
     config_path = run_dir / "config.json"

@@ -403,7 +403,8 @@ def fid_kid(real, fake, features: str = "classifier", classifier: nn.Module | No
 def _read_cache(path, key: dict) -> torch.Tensor | None:
     if path is None or not Path(path).is_file():
         return None
-    record = torch.load(path, map_location="cpu", weights_only=True)
+    from viscoin_core.runs import load_torch
+    record = load_torch(path)   # a refused or non-finite feature cache is named, not a bare torch error
     return record["features"] if record.get("key") == key else None
 
 
