@@ -1,6 +1,6 @@
 """The package's layer order, read from the imports: a module imports only from its own layer or below.
 
-    config, cli -> runs, streams -> nets, losses -> data -> model -> eval -> viz -> train -> tables
+    config -> runs, streams, cli -> nets, losses -> data -> model -> eval -> viz -> train -> tables
         -> batch, bench, preflight, rehearsal, gpu_check
 
 So nets, data, eval and viz never import train (run I/O is `runs`, a trained model is `model`);
@@ -17,8 +17,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "viscoin_core"
 
 # The first name after `viscoin_core.` -> its layer's rank; a module may import ranks <= its own.
 RANKS = {
-    "config": 0, "cli": 0,
-    "runs": 1, "streams": 1,
+    "config": 0,
+    "runs": 1, "streams": 1, "cli": 1,
     "nets": 2, "losses": 2,
     "data": 3,
     "model": 4,

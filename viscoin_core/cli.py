@@ -38,10 +38,9 @@ def one_line(err: BaseException) -> str:
 def user_errors() -> tuple[type, ...]:
     """Exception types a user's input causes (imported here so that `cli` itself stays light)."""
     from viscoin_core.config import ConfigError
-    from viscoin_core.data.cache import DataError
-    from viscoin_core.train.loop import CheckpointError, NonFiniteLoss
-    # ConfigError, DataError, CheckpointError and the network-pickle errors are ValueErrors too
-    return (ConfigError, DataError, CheckpointError, NonFiniteLoss, ValueError, FileNotFoundError,
+    from viscoin_core.runs import CheckpointError, NonFiniteLoss
+    # ConfigError, CheckpointError, the data's DataError and the network-pickle errors are ValueErrors
+    return (ConfigError, CheckpointError, NonFiniteLoss, ValueError, FileNotFoundError,
             NotADirectoryError, IsADirectoryError)
 
 

@@ -208,3 +208,17 @@ _FloatsLoader.add_implicit_resolver(
 def load_yaml(text: str) -> Any:
     """yaml.safe_load, except that exponent numbers without a dot (1e6, 1e-4) are floats, not strings."""
     return yaml.load(text, Loader=_FloatsLoader)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """['k=v', ...] -> {k: YAML value of v}; a malformed item raises ConfigError naming it."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set iterations=600")
+        try:
+            out[key.strip()] = load_yaml(value)     # reads 1e6 and 1e-4 as floats (YAML 1.1 would not)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({' '.join(str(err).split())})") from None
+    return out

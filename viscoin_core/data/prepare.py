@@ -231,7 +231,7 @@ def require_space(cache_dir: Path, n_bytes: int, what: str) -> None:
 
 def no_space(cache_dir: Path, n_bytes: int, what: str):
     """NoSpaceLeft: 'no space left on device: <cache> needs N MB for <what> (M MB free); nothing was kept'."""
-    from viscoin_core.train.loop import NoSpaceLeft
+    from viscoin_core.runs import NoSpaceLeft
     free = shutil.disk_usage(cache_dir).free
     return NoSpaceLeft(errno.ENOSPC, f"no space left on device: {cache_dir} needs {n_bytes / 2**20:.1f} MB for "
                                      f"{what} ({free / 2**20:.1f} MB free); the partial cache was removed")
@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one parameter")
     parser.add_argument("--force", action="store_true", help="rebuild even when the cache matches")
     args = parser.parse_args(argv)
-    from viscoin_core.train.loop import parse_overrides
+    from viscoin_core.config import parse_overrides
     try:
         params = read_params(args.params)
         params.update(parse_overrides(args.set))

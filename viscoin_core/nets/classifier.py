@@ -129,7 +129,7 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
         path = path / "f.pt"
     if not path.is_file():
         raise FileNotFoundError(f"classifier checkpoint {path} does not exist")
-    from viscoin_core.train.loop import load_torch
+    from viscoin_core.runs import load_torch
     record = load_torch(path, map_location=map_location)   # refuses non-weights or NaN/inf files, naming them
     if not isinstance(record, dict) or "kwargs" not in record or "state_dict" not in record:
         raise ValueError(f"{path} is not a classifier checkpoint (expected keys 'kwargs' and 'state_dict')")

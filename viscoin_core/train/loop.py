@@ -14,9 +14,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
-import yaml
 
-from viscoin_core.config import ConfigError, load_config, load_yaml, resolve_path
+from viscoin_core.config import load_config, parse_overrides, resolve_path
 from viscoin_core.runs import NonFiniteLoss, describe_nonfinite
 
 
@@ -103,20 +102,6 @@ def stage_cli(stage: str, doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one parameter of the file (VALUE read as YAML); repeatable")
     return parser
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """['k=v', ...] -> {k: YAML value of v}; a malformed item raises ConfigError naming it."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set iterations=600")
-        try:
-            out[key.strip()] = load_yaml(value)     # reads 1e6 and 1e-4 as floats (YAML 1.1 would not)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({' '.join(str(err).split())})") from None
-    return out
 
 
 def stage_config(cls: type, args: argparse.Namespace) -> Any:
