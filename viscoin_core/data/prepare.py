@@ -1,4 +1,4 @@
-"""Raw dataset -> resized uint8 cache + manifest.json (DESIGN 3, step 01).
+"""Raw dataset -> resized uint8 cache + manifest.json (notebook 01).
 
     python -m viscoin_core.data.prepare --params params/smoke/data_toybirds.yaml [--force] [--set key=value ...]
 
@@ -114,7 +114,7 @@ def process_image(job: tuple) -> tuple[int, np.ndarray | None, str | None, str |
     elif crop == "study":
         rng = np.random.default_rng(seed)
         window = study_box(width, height, rng)
-        flip = bool(rng.random() < 0.5)  # the study baked one flip into every image too (DESIGN 8.7)
+        flip = bool(rng.random() < 0.5)  # the study baked one flip into every image too (docs/DISCREPANCIES.md item 7)
     else:
         window = center_box(width, height)
     array = crop_resize(image, window, resolution)

@@ -1,4 +1,4 @@
-"""The synthetic benchmark (DESIGN 9): toybirds (stands in for CUB) and toytissue (for NCT-CRC-HE).
+"""The synthetic benchmark: toybirds (stands in for CUB) and toytissue (for NCT-CRC-HE).
 
 Both are drawn with vectorised numpy, a batch of images at a time, from a seed; every image comes
 with its ground-truth factors. They are written in the real datasets' on-disk layouts, so the

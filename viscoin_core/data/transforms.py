@@ -2,7 +2,7 @@
 
 Boxes are (left, top, right, bottom) in pixels of the original image, right/bottom exclusive,
 floats allowed (PIL resamples sub-pixel boxes). Cached images are uint8 HWC; the loaders hand out
-float32 CHW in [-1, 1] (DESIGN 4).
+float32 CHW in [-1, 1] (docs/ARCHITECTURE.md, data flow).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Evaluation of a trained VisCoIN run: `evaluate(run_dir)` writes every metric to metrics.json.
 
 Also `python -m viscoin_core.eval --run-dir DIR [--n-images N ...]`. The metric definitions are in
-`metrics` (image level) and `concepts` (concept level); DESIGN section 7 states them.
+`metrics` (image level) and `concepts` (concept level); docs/ARCHITECTURE.md lists them.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-# Keys every evaluate() result holds (DESIGN section 6); factor_alignment only on synthetic data.
+# Keys every evaluate() result holds (docs/ARCHITECTURE.md); factor_alignment only on synthetic data.
 METRIC_KEYS = ("f_accuracy", "g_accuracy", "fidelity", "mse", "lpips", "fid", "kid", "faithfulness",
                "consistency", "top_n_accuracy", "sparsity", "fid_features", "lpips_backbone",
                "identification", "identification_in_class")
@@ -49,7 +49,7 @@ def evaluate(run_dir: str | Path, n_images: int | None = None, device: str = "cp
              n_train_images: int | None = None, faithfulness_images: int = 1000,
              consistency_samples: int = 100, consistency_concepts: int | None = None,
              write: bool = True) -> dict:
-    """Every metric of DESIGN section 7 for the run in `run_dir`, written to its metrics.json, plus
+    """Every metric of docs/ARCHITECTURE.md for the run in `run_dir`, written to its metrics.json, plus
     reconstruction identification (ours: do reconstructions follow their own inputs, beyond the class?).
 
     n_images: test images used (a fixed random subset; default: the run's `eval_images`, and all

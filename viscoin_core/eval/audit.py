@@ -1,4 +1,4 @@
-"""Measured effects of two quirks of the released code (DESIGN section 8, items 4 and 5).
+"""Measured effects of two quirks of the released code (docs/DISCREPANCIES.md items 4 and 5).
 
     python -m viscoin_core.eval.audit --run-dir DIR [--n-images N] [--device auto]
 

@@ -1,4 +1,4 @@
-"""Concept-level metrics of a trained VisCoIN system (DESIGN section 7).
+"""Concept-level metrics of a trained VisCoIN system (docs/ARCHITECTURE.md lists the definitions).
 
 Notation as in the paper: Phi(x) (B, K, 3, 3) are the concept maps Psi extracts from f's taps,
 Phi'(x) (B, 9K) the extra reconstruction code, g = Theta o Psi the interpretable classifier,

@@ -1,7 +1,7 @@
-"""Image-level metrics: accuracy, fidelity, MSE, LPIPS, FID and KID (DESIGN section 7), and
+"""Image-level metrics: accuracy, fidelity, MSE, LPIPS, FID and KID (docs/ARCHITECTURE.md lists the definitions), and
 reconstruction identification (not in the paper: whether reconstructions follow their own inputs).
 
-Images are RGB float tensors in [-1, 1], NCHW (DESIGN section 4). FID and KID compare two sets of
+Images are RGB float tensors in [-1, 1], NCHW (docs/ARCHITECTURE.md, data flow). FID and KID compare two sets of
 feature vectors; the features come from one of two extractors, named `fid_features` in every
 output:
 
@@ -58,7 +58,7 @@ def accuracy(logits_or_preds: torch.Tensor, labels: torch.Tensor) -> float:
     """Top-1 accuracy in % (0-100).
 
     Predictions are flattened to (B,) before comparing, so (B, 1) never broadcasts against (B,)
-    labels into a (B, B) comparison (the released code's bug, DESIGN 8.9).
+    labels into a (B, B) comparison (the released code's bug, docs/DISCREPANCIES.md item 9).
     """
     preds = _predictions(logits_or_preds)
     labels = torch.as_tensor(labels).reshape(-1).to(preds.device)

@@ -1,7 +1,7 @@
 """The classifier f to be explained: a torchvision ResNet with a new head and three feature taps.
 
 f takes RGB images in [-1, 1] (NCHW, float32) and applies ImageNet normalisation itself, so no other
-module ever normalises (DESIGN section 4). Besides the logits it exposes the outputs of layer2,
+module ever normalises (docs/ARCHITECTURE.md, data flow). Besides the logits it exposes the outputs of layer2,
 layer3 and layer4 (the maps the concept extractor Psi reads) and the pooled penultimate features
 (offline FID features, the inputs of the final linear layer).
 

@@ -74,7 +74,7 @@ def count_correct(logits: torch.Tensor, labels: torch.Tensor) -> int:
     """Number of rows whose argmax equals the label. logits (B, C), labels (B,).
 
     Shapes are checked, so (B, 1) predictions can never broadcast against (B,) labels into a
-    (B, B) comparison (the released code's accuracy bug, DESIGN 8.9).
+    (B, B) comparison (the released code's accuracy bug, docs/DISCREPANCIES.md item 9).
     """
     if logits.dim() != 2 or labels.dim() != 1 or logits.shape[0] != labels.shape[0]:
         raise ValueError(f"expected logits (B, C) and labels (B,), got {tuple(logits.shape)} and {tuple(labels.shape)}")

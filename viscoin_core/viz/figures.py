@@ -4,7 +4,7 @@ Every function returns a matplotlib Figure and, given `out` (a path with or with
 writes it as PNG and PDF. Nothing here picks a matplotlib backend: notebooks show the returned
 figures, scripts and tests choose 'Agg' themselves.
 
-Images are [-1, 1] tensors (DESIGN section 4); systems are `viscoin_core.eval.concepts.System`.
+Images are [-1, 1] tensors (docs/ARCHITECTURE.md, data flow); systems are `viscoin_core.eval.concepts.System`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Pictures of the two pretraining stages: image grids, f's loss/accuracy curves, G's losses, FID/KID and p.
 
 Figures are matplotlib `Figure`s built without pyplot (no backend choice here); notebooks display
-them, scripts save them with `fig.savefig`. Images are [-1, 1] tensors (DESIGN section 4).
+them, scripts save them with `fig.savefig`. Images are [-1, 1] tensors (docs/ARCHITECTURE.md, data flow).
 """
 
 from __future__ import annotations
