@@ -166,7 +166,7 @@ def test_viscoin_killed_resumes_bit_identical(data, viscoin_reference, tmp_path,
 
 
 def classifier_config(data, **kw) -> C.ClassifierConfig:
-    params = dict(data=data["yaml"], arch="resnet18", epochs=3, batch_size=8, lr=1e-3, val_fraction=0.2,
+    params = dict(data=data["yaml"], arch="resnet18", pretrained=False, epochs=3, batch_size=8, lr=1e-3, val_fraction=0.2,
                   eval_batch_size=64, log_every=1, device="cpu")
     params.update(kw)
     return parse_config(C.ClassifierConfig, params)
@@ -260,7 +260,7 @@ def test_checkpoint_write_on_a_full_disk_keeps_the_previous_one(tmp_path, monkey
     path = tmp_path / "checkpoint.pt"
     runs.save_atomic({"w": torch.zeros(10)}, path)
     before = path.read_bytes()
-    full_disk(loop, monkeypatch)
+    full_disk(runs, monkeypatch)
     with pytest.raises(runs.NoSpaceLeft, match=rf"^no space left on device: {path} needs 3\.8 MB.*previous content is kept"):
         runs.save_atomic({"w": torch.zeros(1_000_000)}, path)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
@@ -272,7 +272,7 @@ def test_checkpoint_write_on_a_full_disk_keeps_the_previous_one(tmp_path, monkey
 def test_training_on_a_full_disk_stops_with_one_line(data, tmp_path, monkeypatch, capsys):
     params = tmp_path / "v.yaml"
     params.write_text(json.dumps(to_dict(viscoin_config(data))))
-    full_disk(loop, monkeypatch, room=20_000)     # config.json fits, a checkpoint does not
+    full_disk(runs, monkeypatch, room=20_000)     # config.json fits, a checkpoint does not
     assert cli.run(V.main, ["--params", str(params), "--run-dir", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"error: no space left on device: {tmp_path / 'run' / 'checkpoint.pt'} needs ")

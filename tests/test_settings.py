@@ -158,7 +158,7 @@ def test_paper_classifier_and_generator_rows_have_the_studys_settings():
 # network pickles, downloaded weights replaced by the same architectures with random weights).
 REHEARSAL_BUDGETS = {"epochs", "kimg", "snapshot_kimg", "iterations", "eval_every", "eval_subset", "checkpoint_every",
                      "final_eval_images", "eval_images", "consistency_concepts", "fid_images", "log_every",
-                     "workers", "num_workers", "batch_gpu"}
+                     "workers", "num_workers", "batch_gpu", "batch"}   # batch: G rows only, see budget_g.yaml
 REHEARSAL_INPUTS = {"data", "root", "cache_dir", "f", "G", "start", "pretrained", "lpips_backbone", "fid_features"}
 
 
@@ -175,6 +175,7 @@ def test_a_rehearsal_row_is_its_paper_row_with_only_budgets_and_inputs_changed(p
     paper = to_dict(load_config(cls, ROOT / "params" / "paper" / path.name))
     changed = {k for k in paper if paper[k] != rehearsal[k]}
     assert changed <= REHEARSAL_BUDGETS | REHEARSAL_INPUTS, changed - REHEARSAL_BUDGETS - REHEARSAL_INPUTS
+    assert "batch" not in changed or path.stem.startswith("gan_"), "only G's step shrinks (budget_g.yaml says why)"
     # Every path it reads is the rehearsal's, never the paper's own data, runs or pickles.
     reads = {"data": ("root", "cache_dir"), "classifier": ("data",), "gan": ("data", "start"),
              "viscoin": ("data", "f", "G")}[path.stem.split("_")[0]]
