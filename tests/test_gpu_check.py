@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 
 from viscoin_core import gpu_check
 

@@ -11,7 +11,6 @@ work without them.
 from __future__ import annotations
 
 import copy
-import io
 import pickle
 import pickletools
 import sys
@@ -31,7 +30,6 @@ from viscoin_core.nets.stylegan2 import (
     load_weights,
     save_discriminator,
     save_generator,
-    save_network,
     small_discriminator_kwargs,
     small_generator_kwargs,
 )

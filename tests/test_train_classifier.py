@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from viscoin_core.config import ConfigError, load_config, read_params, repo_root
+from viscoin_core.config import ConfigError, load_config, repo_root
 from viscoin_core.nets.classifier import build_classifier, load_classifier, save_classifier
 from viscoin_core.train import classifier as C
 from viscoin_core.runs import read_jsonl
