@@ -191,11 +191,11 @@ def repo_root(start: str | Path | None = None) -> Path:
     return Path(__file__).resolve().parents[1]
 
 
-def resolve_path(path: str | Path) -> Path:
+def resolve_path(path: str | Path, root: str | Path | None = None) -> Path:
     """A path from a parameter file or a command line: absolute as given (after `~`), else relative
-    to the repository root (`repo_root`), wherever the process runs from."""
+    to `root` (default: the repository root, `repo_root`), wherever the process runs from."""
     path = Path(path).expanduser()
-    return path if path.is_absolute() else repo_root() / path
+    return path if path.is_absolute() else Path(root or repo_root()) / path
 
 class _FloatsLoader(yaml.SafeLoader):
     """yaml.SafeLoader that also reads 1e6, 1E-4 and -2e+3 as floats (YAML 1.1 wants a dot: 1.0e+6)."""

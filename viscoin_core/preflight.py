@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from viscoin_core.config import ConfigError, repo_root
+from viscoin_core.config import ConfigError, repo_root, resolve_path
 from viscoin_core.eval.metrics import INCEPTION_WEIGHTS, VGG16_WEIGHTS
 
 SYNTHETIC = ("toybirds", "toytissue")
@@ -54,11 +54,6 @@ def weight_files(config: Any) -> list[str]:
     return files
 
 
-def resolve(path: str | Path, root: Path) -> Path:
-    path = Path(path)
-    return path if path.is_absolute() else root / path
-
-
 def made_by(path: Path, runs: Iterable) -> Any:
     """The planned run that writes `path` (its run directory or a file in it), or None."""
     for run in runs:
@@ -72,12 +67,12 @@ def data_problem(data_file: str, root: Path) -> tuple[str | None, str, float]:
     """(problem or None, cache directory, GB the cache will take if it must still be made) of a data file."""
     from viscoin_core.data.prepare import as_config
     try:
-        data = as_config(resolve(data_file, root))
+        data = as_config(resolve_path(data_file, root))
     except ConfigError as err:
         return str(err), data_file, 0.0
-    if (resolve(data.cache_dir, root) / "manifest.json").is_file() or data.dataset in SYNTHETIC:
+    if (resolve_path(data.cache_dir, root) / "manifest.json").is_file() or data.dataset in SYNTHETIC:
         return None, data.cache_dir, 0.0
-    raw = resolve(data.root, root)
+    raw = resolve_path(data.root, root)
     if not raw.exists():
         gb = DATASET_IMAGES.get(data.dataset, 0) * data.resolution ** 2 * 3 / 1e9
         return (f"{data_file}: the raw {data.dataset} tree {data.root} does not exist (unpack the dataset there, "
@@ -97,7 +92,7 @@ def path_problem(key: str, value: str | None, runs: list, root: Path) -> str | N
     """A missing f, G, start pickle or init file that no planned run makes, as one line."""
     if value in ("random", "scratch", "", None):
         return None
-    path = resolve(value, root)
+    path = resolve_path(value, root)
     if path.exists() or made_by(path, runs) is not None:
         return None
     if path.suffix == ".pkl":
@@ -168,9 +163,10 @@ def check(runs: list, profile: str, config_of: Callable, stage_of: Callable, roo
     caches: dict[str, float] = {}          # cache directory -> GB still to be written
     plan: list[str] = []
     gpu_rows = []
+    configs = {}   # run -> its config, parsed once
     for run in runs:
         row = f"{run.table} '{run.label}' seed {run.seed} ({run.params_file.relative_to(root)})"
-        config = config_of(run)
+        config = configs[run] = config_of(run)
         stage = stage_of(run)
         if getattr(config, "data", ""):
             problem, cache_dir, gb = data_problem(config.data, root)
@@ -186,7 +182,7 @@ def check(runs: list, profile: str, config_of: Callable, stage_of: Callable, roo
         if needs_gpu(config, profile):
             gpu_rows.append(row)
         reads = sorted({f"{other.table} '{other.label}'" for other in runs if other is not run and any(
-            made_by(resolve(getattr(config, k, "") or "", root), [other]) for k in ("f", "G", "start"))})
+            made_by(resolve_path(getattr(config, k, "") or "", root), [other]) for k in ("f", "G", "start"))})
         steps = steps_of(stage, config)
         seconds = step_times.get(BENCH_OF_STAGE.get(stage, stage))
         hours = f"{steps * seconds / 3600:.1f} h" if steps and seconds else "? h"
@@ -203,7 +199,7 @@ def check(runs: list, profile: str, config_of: Callable, stage_of: Callable, roo
         if problem:
             problems.append(f"{problem}: {len(gpu_rows)} row(s) ask for one, e.g. {gpu_rows[0]}")
     cache_gb = sum(caches.values())
-    need_gb = cache_gb + sum(run_gb(stage_of(run), config_of(run)) for run in runs
+    need_gb = cache_gb + sum(run_gb(stage_of(run), configs[run]) for run in runs
                             if not (run.run_dir / "metrics.json").exists())
     runs_dir = root / "runs"
     free_gb = shutil.disk_usage(runs_dir if runs_dir.exists() else root).free / 1e9
