@@ -111,7 +111,7 @@ def test_every_paper_viscoin_row_evaluates_every_test_image_and_every_concept():
 def test_the_defaults_are_the_papers_values():
     # Only what a file leaves out comes from here, so these must be the paper's (and the study's) settings.
     viscoin = ViscoinConfig(f="f.pt", G="G.pt", data="d.yaml")
-    paper = {**SETTINGS["viscoin"], **SETTINGS["table3_cub_viscoin"]}
+    paper = {**SETTINGS["viscoin"], **SETTINGS["evaluation"], **SETTINGS["table3_cub_viscoin"]}
     assert {k: getattr(viscoin, k) for k in paper} == paper
     assert (viscoin.eval_images, viscoin.consistency_concepts, viscoin.w_bar) == (None, None, "w_avg")
     f = ClassifierConfig(data="d.yaml")
@@ -131,7 +131,7 @@ def test_paper_viscoin_rows_have_the_studys_settings():
     fields = {f.name for f in dataclasses.fields(ViscoinConfig)}
     for table, row, cfg in paper_configs(ViscoinConfig):
         key = batch.load_tables()[table]["published"].split(".")[-1]
-        expected = {**SETTINGS["viscoin"], **SETTINGS[key], **REFERENCE[key][row]}
+        expected = {**SETTINGS["viscoin"], **SETTINGS["evaluation"], **SETTINGS[key], **REFERENCE[key][row]}
         for name, value in expected.items():
             if name in fields:
                 assert getattr(cfg, name) == value, f"{table} {row}: {name} = {getattr(cfg, name)}, the study {value}"
@@ -157,7 +157,8 @@ def test_paper_classifier_and_generator_rows_have_the_studys_settings():
 # What a rehearsal row may change: budgets, and the inputs this machine cannot have (data trees,
 # network pickles, downloaded weights replaced by the same architectures with random weights).
 REHEARSAL_BUDGETS = {"epochs", "kimg", "snapshot_kimg", "iterations", "eval_every", "eval_subset", "checkpoint_every",
-                     "final_eval_images", "eval_images", "consistency_concepts", "fid_images", "log_every",
+                     "final_eval_images", "eval_images", "consistency_concepts", "faithfulness_images",
+                     "consistency_samples", "fid_images", "log_every",
                      "workers", "num_workers", "batch_gpu", "batch"}   # batch: G rows only, see budget_g.yaml
 REHEARSAL_INPUTS = {"data", "root", "cache_dir", "f", "G", "start", "pretrained", "lpips_backbone", "fid_features"}
 

@@ -76,6 +76,8 @@ class ViscoinConfig:
                                     "(notebooks 04-06, every metric of metrics.json); null = all. Training ignores it")
     consistency_concepts: int | None = param(None, low=1, help="concepts whose consistency that evaluation measures "
                                              "(a seeded random choice of the eligible ones); null = all eligible")
+    faithfulness_images: int = param(1000, low=1, help="at most this many of the evaluated test images measure faithfulness")
+    consistency_samples: int = param(100, low=2, help="consistency's most activating images per split and concept (at most)")
     checkpoint_every: int = param(1000, low=1, help="iterations between checkpoints")
     lpips_backbone: str = param("vgg", choices=("vgg", "random"), help="'random' needs no download (not comparable)")
     fid_features: str = param("inception", choices=("inception", "inception_random", "classifier"),

@@ -46,8 +46,8 @@ def evaluated(run_dir: str | Path) -> bool:
 
 def evaluate(run_dir: str | Path, n_images: int | None = None, device: str = "cpu", batch_size: int = 32,
              seed: int = 0, fid_features: str | None = None, lpips_backbone: str | None = None,
-             n_train_images: int | None = None, faithfulness_images: int = 1000,
-             consistency_samples: int = 100, consistency_concepts: int | None = None,
+             n_train_images: int | None = None, faithfulness_images: int | None = None,
+             consistency_samples: int | None = None, consistency_concepts: int | None = None,
              write: bool = True) -> dict:
     """Every metric of docs/ARCHITECTURE.md for the run in `run_dir`, written to its metrics.json, plus
     reconstruction identification (ours: do reconstructions follow their own inputs, beyond the class?).
@@ -56,8 +56,9 @@ def evaluate(run_dir: str | Path, n_images: int | None = None, device: str = "cp
     when that is null too). n_train_images: training images
     searched for consistency's most activating samples (default: n_images). faithfulness uses at
     most `faithfulness_images` of the evaluated test images; consistency at most
-    `consistency_samples` per split and concept, and a random subset of `consistency_concepts`
-    eligible concepts (default: the run's `consistency_concepts`; all when that is null too).
+    `consistency_samples` per split and concept (both default to the run's settings, the paper's 1000
+    and 100), and a random subset of `consistency_concepts` eligible concepts (default: the run's
+    `consistency_concepts`; all when that is null too).
     fid_features / lpips_backbone default to the run's config.
     Keys already in metrics.json that are not recomputed (e.g. the trainer's) are kept.
     Also writes relevance.pt beside it, what the figures show: {'r_kc' (C, K), 'class_names', and per
@@ -79,6 +80,8 @@ def evaluate(run_dir: str | Path, n_images: int | None = None, device: str = "cp
     lpips_backbone = lpips_backbone or cfg.lpips_backbone
     n_images = n_images or cfg.eval_images
     consistency_concepts = consistency_concepts or cfg.consistency_concepts
+    faithfulness_images = faithfulness_images or cfg.faithfulness_images
+    consistency_samples = consistency_samples or cfg.consistency_samples
     lpips_net = M.build_lpips(lpips_backbone, device)
     extractor = M.feature_extractor(fid_features, system.f, device)
     # An untrained Psi beside the trained one, when there is ground truth to align with.

@@ -15,8 +15,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-images", type=int, default=None, help="test images to evaluate (default: the run's eval_images; all when unset)")
     parser.add_argument("--n-train-images", type=int, default=None,
                         help="training images searched by consistency (default: --n-images)")
-    parser.add_argument("--faithfulness-images", type=int, default=1000)
-    parser.add_argument("--consistency-samples", type=int, default=100)
+    parser.add_argument("--faithfulness-images", type=int, default=None,
+                        help="default: the run's faithfulness_images")
+    parser.add_argument("--consistency-samples", type=int, default=None,
+                        help="default: the run's consistency_samples")
     parser.add_argument("--consistency-concepts", type=int, default=None,
                         help="evaluate consistency on this many random eligible concepts (default: the run's consistency_concepts; all when unset)")
     parser.add_argument("--fid-features", choices=["inception", "classifier"], default=None,
