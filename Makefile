@@ -7,7 +7,7 @@ LAB_STAMP := $(VENV)/.installed-lab
 PROFILE ?= demo
 JOBS ?= 2          # rows run side by side, each notebook kernel with cores/JOBS threads
 
-.PHONY: test demo mini rehearsal gpu-check venv lab bench clean-venv
+.PHONY: test demo mini rehearsal pretrained gpu-check venv lab bench clean-venv
 
 venv: $(STAMP)
 
@@ -56,6 +56,15 @@ mini:
 rehearsal: $(STAMP)
 	$(PY) -m viscoin_core.rehearsal >/dev/null
 	$(MAKE) demo PROFILE=rehearsal JOBS=1
+
+# The stand-ins' f, G and D, trained once from random weights on a draw no profile uses, exported in
+# float16 to pretrained/ (committed; MANIFEST.json says how). Resumes after an interruption. Each
+# stand-in's networks train in their own process, one core each.
+pretrained: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m viscoin_core.pretrained --train-only --stand-in toybirds & birds=$$!; \
+	OMP_NUM_THREADS=1 $(PY) -m viscoin_core.pretrained --train-only --stand-in toytissue & tissue=$$!; \
+	wait $$birds; a=$$?; wait $$tissue; b=$$?; [ $$a = 0 ] && [ $$b = 0 ]
+	$(PY) -m viscoin_core.pretrained --export-only
 
 # What a machine lent a GPU runs first: device, paper-size step times on CUDA, the rehearsal's
 # Table 3 row on CUDA against the same row on the CPU. Without a GPU: the CPU half.

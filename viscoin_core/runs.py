@@ -210,6 +210,18 @@ class CheckpointError(ValueError):
     """A torch file is refused (not weights-only, unreadable, or holding NaN/inf); the message names it."""
 
 
+PRETRAINED_DIR = "pretrained"   # the stand-ins' committed networks (viscoin_core.pretrained writes them)
+
+
+def rebuild_hint(path: str | Path) -> str:
+    """What to add to an error about `path` when it is one of the pretrained stand-ins: how to rebuild it."""
+    try:
+        Path(path).resolve().relative_to((repo_root() / PRETRAINED_DIR).resolve())
+    except ValueError:
+        return ""
+    return f"; {path} is a pretrained stand-in network: rebuild it with `make pretrained`"
+
+
 def write_bytes_atomic(path: str | Path, data: bytes | memoryview) -> None:
     """Write `data` to `path` through a temporary file, fsync and a rename.
 

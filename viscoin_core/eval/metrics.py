@@ -180,7 +180,22 @@ def lpips_distance(x_rec: torch.Tensor, x: torch.Tensor, net: nn.Module) -> torc
 
 
 # ----------------------------------------------------------------------------------------------
-# FID and KID from features
+# FID, KID, precision and recall from features
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> dict[str, float]:
+    """Improved precision and recall (Kynkaanniemi et al., 2019) of `fake` against `real` features
+    (N, D) each, both in [0, 1]: precision, the share of fakes inside some real's k-NN ball (the
+    distance to its k-th nearest real neighbour); recall, the share of reals inside some fake's.
+
+    Computed by torch-fidelity's implementation (`metric_prc`), on the features given here."""
+    from torch_fidelity.metric_prc import calculate_precision_recall_part
+    if k >= min(len(real), len(fake)):
+        raise ValueError(f"precision/recall with k = {k} needs more than {k} samples per side, "
+                         f"got {len(real)} real and {len(fake)} fake")
+    # torch-fidelity's argument order: generated first, real second.
+    precision, recall = calculate_precision_recall_part(fake.float(), real.float(), neighborhood=k)
+    return {"precision": float(precision), "recall": float(recall)}
 
 
 def fid_from_features(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:

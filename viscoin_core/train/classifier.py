@@ -32,7 +32,7 @@ from viscoin_core.nets.classifier import build_classifier, load_classifier, save
 from viscoin_core.runs import (append_jsonl, load_checkpoint, pick_device, prepare_run_dir, read_metrics, run_directory,
                                save_atomic, truncate_log, write_metrics)
 from viscoin_core.train import loop
-from viscoin_core.runs import NonFiniteLoss
+from viscoin_core.runs import NonFiniteLoss, rebuild_hint
 from viscoin_core.train.loop import (check_finite, check_finite_parameters, rng_state, seed_everything, set_rng_state,
                                      stop_message)
 
@@ -167,10 +167,17 @@ def load_data(config: ClassifierConfig):
 def build_f(config: ClassifierConfig, n_classes: int, class_names: list[str]) -> torch.nn.Module:
     """f with an `n_classes` head, from ImageNet, from `init_from`, or random."""
     if config.init_from:
-        f = load_classifier(resolve_path(config.init_from))
+        path = resolve_path(config.init_from)
+        try:
+            f = load_classifier(path)
+        except (ValueError, FileNotFoundError, RuntimeError) as err:   # CheckpointError is a ValueError
+            raise ConfigError(f"parameter 'init_from' = {config.init_from!r}: {err}{rebuild_hint(path)}") from None
+        if f.arch != config.arch:
+            raise ConfigError(f"parameter 'init_from' = {config.init_from!r} holds a {f.arch}, but 'arch' = "
+                              f"{config.arch!r}{rebuild_hint(path)}")
         if f.n_classes != n_classes:
             raise ConfigError(f"init_from {config.init_from} has {f.n_classes} classes but the data "
-                              f"({config.data}) has {n_classes}")
+                              f"({config.data}) has {n_classes}{rebuild_hint(path)}")
         f.train()
     else:
         f = build_classifier(config.arch, n_classes=n_classes, pretrained=config.pretrained)
@@ -283,7 +290,8 @@ def check_sources(config: ClassifierConfig) -> None:
         path = resolve_path(config.init_from)
         target = path / "f.pt" if path.is_dir() else path
         if not target.is_file():
-            raise ConfigError(f"parameter 'init_from' = {config.init_from!r}: {target} does not exist")
+            raise ConfigError(f"parameter 'init_from' = {config.init_from!r}: {target} does not exist"
+                              f"{rebuild_hint(target)}")
 
 
 def default_run_dir(params_file: str | Path, seed: int = 0) -> Path:

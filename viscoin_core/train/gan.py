@@ -30,7 +30,8 @@ generated images with as many training images (the original's fid50k_full: 50k a
 Run directory: config.json, log.jsonl (one record per logged step and per snapshot), checkpoint.pt
 (latest snapshot: G, D, G_ema, optimisers, ADA state), samples_kimgXXXX.png grids, reals.png,
 and at the end G.pt (G_ema, `nets.stylegan2.save_generator`), D.pt and metrics.json (`fid`,
-`kid`, `kid_std`, `fid_features`, `kimg`, the same at kimg 0 as `fid_start`, `kid_start`, ...).
+`kid`, `kid_std`, `precision`, `recall`, `fid_features`, `kimg`, the same at kimg 0 as `fid_start`,
+`kid_start`, ...).
 
     python -m viscoin_core.train.gan --params params/smoke/gan.yaml --run-dir runs/smoke/g/toytissue
 """
@@ -55,7 +56,7 @@ from viscoin_core.config import ConfigError, param, resolve_path
 from viscoin_core.nets import network_pkl, stylegan2
 from viscoin_core import streams
 from viscoin_core.runs import (append_jsonl, load_checkpoint, load_torch, pick_device, prepare_run_dir, read_jsonl, read_metrics,
-                               save_atomic, truncate_log, write_metrics)
+                               rebuild_hint, save_atomic, truncate_log, write_metrics)
 from viscoin_core.train import augment as ada
 from viscoin_core.train import loop
 from viscoin_core.train.loop import NonFiniteLoss, check_finite, check_finite_parameters, seed_everything
@@ -474,20 +475,21 @@ def start_networks(config: GanConfig, resolution: int, channels: int = 3):
     G_scratch, D_scratch = scratch_networks(config, resolution)
     if config.start == "scratch":
         return G_scratch, D_scratch, copy.deepcopy(G_scratch)
+    check_sources(config)   # a missing start is named the same way here
     path = resolve_path(config.start)
-    if not path.exists():
-        raise ConfigError(f"parameter 'start' = {config.start!r}: {path} does not exist (official pickles go "
-                          "under weights/stylegan2-ada/, see README; or use 'scratch')")
-    if path.suffix == ".pkl":
-        nets = network_pkl.load_network_pkl(path)
-        G, G_ema, D = nets["G"], nets.get("G_ema", nets["G"]), nets.get("D")
-    else:
-        G_path = path / "G.pt" if path.is_dir() else path
-        G = stylegan2.load_generator(G_path)
-        G_ema = copy.deepcopy(G)
-        D_path = G_path.with_name("D.pt")
-        D = stylegan2.load_discriminator(D_path) if D_path.exists() else None
-    check_compatible(G, D, resolution, channels, str(path))
+    try:
+        if path.suffix == ".pkl":
+            nets = network_pkl.load_network_pkl(path)
+            G, G_ema, D = nets["G"], nets.get("G_ema", nets["G"]), nets.get("D")
+        else:
+            G_path = path / "G.pt" if path.is_dir() else path
+            G = stylegan2.load_generator(G_path)
+            G_ema = copy.deepcopy(G)
+            D_path = G_path.with_name("D.pt")
+            D = stylegan2.load_discriminator(D_path) if D_path.exists() else None
+        check_compatible(G, D, resolution, channels, str(path))
+    except (ValueError, FileNotFoundError, ConfigError) as err:   # unreadable, foreign or of another size
+        raise ConfigError(f"parameter 'start' = {config.start!r}: {err}{rebuild_hint(path)}") from None
     if D is None:
         D = D_scratch
     return G.train(), D.train(), G_ema.eval()
@@ -545,7 +547,9 @@ def fid_snapshot(G_ema, dataset, config: GanConfig, device: torch.device, classi
     # Subsets of 1000 as the official metric; at most half the set, or every subset would be the whole set.
     kid, kid_std = M.kid_from_features(real_feats, fake_feats, 100, min(1000, max(2, n // 2)),
                                        seed=streams.stream_seed(config.seed, "gan.kid"))
-    return {"fid": M.fid_from_features(real_feats, fake_feats), "kid": kid, "kid_std": kid_std,
+    # Precision and recall beside FID: whether samples look like data, and how much of it they cover.
+    pr = M.precision_recall(real_feats, fake_feats) if n > 3 else {"precision": None, "recall": None}
+    return {"fid": M.fid_from_features(real_feats, fake_feats), "kid": kid, "kid_std": kid_std, **pr,
             "fid_features": config.fid_features}
 
 
@@ -716,8 +720,10 @@ def check_sources(config: GanConfig) -> None:
     """Raise ConfigError naming the parameter when the start network or fid_classifier does not exist
     (a missing data file is named by `load_training_data`, which reads it first)."""
     if config.start != "scratch" and not resolve_path(config.start).exists():
-        raise ConfigError(f"parameter 'start' = {config.start!r}: {resolve_path(config.start)} does not exist "
-                          "(official pickles go under weights/stylegan2-ada/, see README; or use 'scratch')")
+        path = resolve_path(config.start)
+        raise ConfigError(f"parameter 'start' = {config.start!r}: {path} does not exist"
+                          + (rebuild_hint(path) or " (official pickles go under weights/stylegan2-ada/, see README; "
+                                                   "or use 'scratch')"))
     if config.fid_images > 0 and config.fid_classifier and not resolve_path(config.fid_classifier).exists():
         raise ConfigError(f"parameter 'fid_classifier' = {config.fid_classifier!r}: "
                           f"{resolve_path(config.fid_classifier)} does not exist")
@@ -734,6 +740,7 @@ def final_metrics(run_dir: Path, config: GanConfig, state: GanState, seconds: fl
                "fid_features": config.fid_features if config.fid_images > 0 else None, "fid_images": config.fid_images}
     if config.fid_images > 0:
         metrics.update({"fid": last["fid"], "kid": last["kid"], "kid_std": last["kid_std"],
+                        "precision": last.get("precision"), "recall": last.get("recall"),
                         "fid_start": first["fid"], "kid_start": first["kid"]})
     return metrics
 
