@@ -8,7 +8,7 @@ from PIL import Image
 from viscoin_core.data import load_split
 from viscoin_core.data import synthetic as S
 from viscoin_core.data.cub import read_cub
-from viscoin_core.data.prepare import jobs_for, prepare, process_image, process_masks, read_raw, as_config
+from viscoin_core.data.prepare import as_config, prepare, process_image, process_masks, read_raw
 
 RES = 128   # big enough that even a short tail and the bill have pixels off their outline
 
