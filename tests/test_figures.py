@@ -96,18 +96,8 @@ def test_a_chance_series_is_the_dashed_line_of_its_panel(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    from viscoin_core.data.prepare import prepare
-    from viscoin_core.train.viscoin import train_viscoin
-    root = tmp_path_factory.mktemp("tiny")
-    prepare({"dataset": "toytissue", "root": str(root / "raw"), "cache_dir": str(root / "cache"),
-             "resolution": 32, "n_per_class": 3, "workers": 1})
-    config = dict(f="random", G="random", cache_dir=str(root / "cache"), n_concepts=6, latent_channels=8,
-                  iterations=2, batch_real=2, batch_fake=1, log_every=1, eval_every=1, eval_subset=2,
-                  final_eval_images=4, eval_images=8, lpips_backbone="random", fid_features="classifier", g_channel_base=128,
-                  g_channel_max=16, g_w_dim=16, coarse_layer=1, mid_layer=4, device="cpu")
-    train_viscoin(config, root / "run")
-    return root / "run"
+def tiny_run(tmp_path_factory, make_tiny_run):
+    return make_tiny_run(tmp_path_factory.mktemp("tiny"), "toytissue")
 
 
 def test_evaluate_fills_every_design_key(tiny_run):
