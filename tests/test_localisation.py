@@ -151,9 +151,13 @@ def tiny_birds_run(tmp_path_factory, make_tiny_run):
     return make_tiny_run(tmp_path_factory.mktemp("tiny_birds"), "toybirds")
 
 
-def test_evaluate_writes_concept_localisation_on_a_tiny_toybirds_run(tiny_birds_run):
+def test_evaluate_writes_concept_localisation_on_a_tiny_toybirds_run(tiny_birds_run, tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+
     from viscoin_core.data.synthetic import TOYBIRD_PARTS
-    from viscoin_core.eval import evaluate
+    from viscoin_core.eval import RELEVANCE, evaluate, load_system_and_test_split
+    from viscoin_core.viz import figures
     evaluate(tiny_birds_run, consistency_samples=3, consistency_concepts=1, batch_size=8, localisation_images=5)
     stored = json.loads((tiny_birds_run / "metrics.json").read_text())["concept_localisation"]
     assert {"mean", "median", "n", "untrained_mean", "per_part"} <= set(stored)
@@ -161,6 +165,15 @@ def test_evaluate_writes_concept_localisation_on_a_tiny_toybirds_run(tiny_birds_
     assert set(stored["per_part"]) <= set(TOYBIRD_PARTS)
     assert stored["mean"] >= 0 and stored["untrained_mean"] >= 0
     assert all(c["part"] in TOYBIRD_PARTS for c in stored["concepts"].values())
+    # the figures show change maps with the part's outline where some shown concept changes anything
+    figs = figures.figures_for_run(tiny_birds_run, tmp_path, n_classes_shown=2, n_images=2)
+    relevance = torch.load(tiny_birds_run / RELEVANCE, weights_only=True)
+    test = load_system_and_test_split(tiny_birds_run)[1]
+    counts = torch.bincount(relevance["predicted"], minlength=len(relevance["class_names"]))
+    shown = [c for c in counts.argsort(descending=True).tolist() if counts[c] > 0][:2]
+    usable = figures.localisation_pairs_shown(stored["concepts"], relevance["r_kc"], shown, relevance["predicted"],
+                                              relevance["labels"], relevance["images_index"], test)
+    assert ("localisation" in figs) == bool(usable)
 
 
 def test_table3_shows_localisation_beside_the_untrained_psi_and_n_a_without_masks(tmp_path):
