@@ -163,7 +163,8 @@ def write_split(config: DataConfig, raw: RawDataset, split: str, cache_dir: Path
     tmp = array_path(cache_dir, split, "images.tmp")
     compact = array_path(cache_dir, split, "images.compact.tmp")
     final = array_path(cache_dir, split, "images")
-    require_space(cache_dir, int(np.prod(shape)), f"the {split} images")
+    masks_bytes = len(jobs) * len(raw.part_names or ()) * res * res   # bool part masks, one byte per pixel
+    require_space(cache_dir, int(np.prod(shape)) + masks_bytes, f"the {split} images")
     ok = np.zeros(len(jobs), dtype=bool)
     rejected, converted = [], []
     try:

@@ -22,7 +22,8 @@ from its own ranges, so the class is recoverable from the factors.
 
 parts.npz holds, for every image, one binary mask per part at the image's resolution: 'paths' (N,)
 relative paths as in factors.csv, 'names' (P,), 'masks' (N, P, H, ceil(W / 8)) the masks packed
-along their rows by np.packbits, and 'part_factors', a JSON object naming each part's factors.
+along their rows by np.packbits, 'width' (W, to unpack them) and 'part_factors', a JSON object
+naming each part's factors.
 toybirds: belly, wing, crest, tail, bill, each the pixels where that part is what one sees (what is
 drawn over it later, such as the wing over the belly, is cut out); a part the class lacks (no
 crest) is empty. toytissue: nuclei, fibres, fat, mucus, glands, the pixels each structure

@@ -173,15 +173,22 @@ def localisation(system, psi0, theta, cp, cat: dict, r_kc: torch.Tensor, test, n
     truth = dict(part_names=test.part_names, factors=test.factors[cp.images_index], factor_names=test.factor_names,
                  part_factors=test.part_factors, batch_size=batch_size)
     ours = C.concept_localisation(system, cp, r_kc, rows, masks, **truth)
-    phi0 = cat["untrained_phi"]
-    predicted0 = theta(phi0).argmax(dim=1)
-    cp0 = C.ConceptPool(cp.images_index, phi0, cat["untrained_phi_prime"], C.pool(theta, phi0), predicted0, cp.labels)
-    r0_kc = C.class_relevance(C.concept_relevance(phi0, theta, predicted0), predicted0, r_kc.shape[0])
+    cp0, r0_kc = _untrained_pool(theta, cp, cat, n_classes=r_kc.shape[0])
     untrained = C.System(system.f, psi0, system.theta, system.decode)
     base = C.concept_localisation(untrained, cp0, r0_kc, rows, masks, **truth)
     return {**{k: ours[k] for k in ("mean", "median", "n", "unchanged", "per_part", "concepts")},
             "untrained_mean": base["mean"], "untrained_median": base["median"], "untrained_n": base["n"],
             "untrained_per_part": base["per_part"], "images": len(rows), "lambda": C.LOCALISATION_LAMBDA}
+
+
+def _untrained_pool(theta, cp, cat: dict, n_classes: int):
+    """(ConceptPool, r_{k,c}) of the untrained Psi on the images of `cp`, from the pass's
+    'untrained_phi' and 'untrained_phi_prime', with g's head `theta` (on the CPU, like the pool)."""
+    from viscoin_core.eval import concepts as C
+    phi0 = cat["untrained_phi"]
+    predicted0 = theta(phi0).argmax(dim=1)
+    cp0 = C.ConceptPool(cp.images_index, phi0, cat["untrained_phi_prime"], C.pool(theta, phi0), predicted0, cp.labels)
+    return cp0, C.class_relevance(C.concept_relevance(phi0, theta, predicted0), predicted0, n_classes)
 
 
 def _system_batch(system, lpips_net, extractor, psi0=None, untrained_maps: bool = False):
