@@ -526,7 +526,7 @@ def figures_for_run(run_dir: str | Path, out_dir: str | Path, n_classes_shown: i
             rows, ks = [row for row, _ in pairs], [k for _, k in pairs]
             info = metrics["concept_localisation"]["concepts"]
             parts = [info[str(k)]["part"] for k in ks]
-            masks = torch.stack([torch.from_numpy(np.asarray(test.part_masks[row][test.part_names.index(part)]))
+            masks = torch.stack([torch.from_numpy(np.array(test.part_masks[row][test.part_names.index(part)]))
                                  for row, part in zip(rows, parts)])
             figs["localisation"] = localisation_figure(
                 system, torch.stack([test[row][0] for row in rows]).to(device), ks, masks, parts,
