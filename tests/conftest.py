@@ -28,3 +28,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def make_tiny_run():
+    """A function (root, dataset) -> the run directory of a tiny trained VisCoIN system under root:
+    `dataset` (toytissue or toybirds) at 32 px with 3 images per class and split, random f and G,
+    two iterations. Cheap enough to make once per test module that needs a trained run."""
+    def make(root: Path, dataset: str = "toytissue") -> Path:
+        from viscoin_core.data.prepare import prepare
+        from viscoin_core.train.viscoin import train_viscoin
+        prepare({"dataset": dataset, "root": str(root / "raw"), "cache_dir": str(root / "cache"),
+                 "resolution": 32, "n_per_class": 3, "workers": 1})
+        config = dict(f="random", G="random", cache_dir=str(root / "cache"), n_concepts=6, latent_channels=8,
+                      iterations=2, batch_real=2, batch_fake=1, log_every=1, eval_every=1, eval_subset=2,
+                      final_eval_images=4, eval_images=8, lpips_backbone="random", fid_features="classifier",
+                      g_channel_base=128, g_channel_max=16, g_w_dim=16, coarse_layer=1, mid_layer=4, device="cpu")
+        train_viscoin(config, root / "run")
+        return root / "run"
+    return make

@@ -96,18 +96,8 @@ def test_a_chance_series_is_the_dashed_line_of_its_panel(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    from viscoin_core.data.prepare import prepare
-    from viscoin_core.train.viscoin import train_viscoin
-    root = tmp_path_factory.mktemp("tiny")
-    prepare({"dataset": "toytissue", "root": str(root / "raw"), "cache_dir": str(root / "cache"),
-             "resolution": 32, "n_per_class": 3, "workers": 1})
-    config = dict(f="random", G="random", cache_dir=str(root / "cache"), n_concepts=6, latent_channels=8,
-                  iterations=2, batch_real=2, batch_fake=1, log_every=1, eval_every=1, eval_subset=2,
-                  final_eval_images=4, eval_images=8, lpips_backbone="random", fid_features="classifier", g_channel_base=128,
-                  g_channel_max=16, g_w_dim=16, coarse_layer=1, mid_layer=4, device="cpu")
-    train_viscoin(config, root / "run")
-    return root / "run"
+def tiny_run(tmp_path_factory, make_tiny_run):
+    return make_tiny_run(tmp_path_factory.mktemp("tiny"), "toytissue")
 
 
 def test_evaluate_fills_every_design_key(tiny_run):
@@ -116,7 +106,7 @@ def test_evaluate_fills_every_design_key(tiny_run):
     # n_images defaults to the run's eval_images (8 of the 27 test images)
     result = evaluate(tiny_run, consistency_samples=3, consistency_concepts=1, batch_size=8)
     stored = json.loads((tiny_run / "metrics.json").read_text())
-    for key in (*METRIC_KEYS, "factor_alignment"):
+    for key in (*METRIC_KEYS, "factor_alignment", "concept_localisation"):   # toytissue has both truths
         assert key in result and key in stored, key
     assert stored["fid_features"] == "classifier" and stored["lpips_backbone"] == "random"
     assert set(stored["faithfulness"]) == {"0.1", "0.2", "0.4"} == set(stored["faithfulness_random"])
@@ -149,6 +139,13 @@ def test_every_figure_function_runs_on_the_tiny_system(tiny_run, tmp_path):
     _written(tmp_path / "strip")
     figures.grad_cam_figure(system, x[:2], concepts, out=tmp_path / "cam")
     _written(tmp_path / "cam")
+    masks = torch.zeros(2, 32, 32, dtype=torch.bool)
+    masks[:, 4:20, 8:30] = True
+    fig = figures.localisation_figure(system, x[:2], concepts[:1] * 2, masks, ["fat", "fat"], [1.0, 1.0],
+                                      out=tmp_path / "loc")
+    assert len(fig.axes) == 2 * 2 and fig.axes[0].get_title() == f"concept {concepts[0]}, fat"
+    assert fig.axes[1].get_title().startswith("localisation ")
+    _written(tmp_path / "loc")
     cam = figures.concept_cam(system, x, concepts[0])
     assert cam.shape == (3, 32, 32) and float(cam.max()) <= 1.0 + 1e-6
     cam2 = figures.concept_cam(system, x, concepts[0], layer="layer2")

@@ -78,6 +78,9 @@ class ViscoinConfig:
                                              "(a seeded random choice of the eligible ones); null = all eligible")
     faithfulness_images: int = param(1000, low=1, help="at most this many of the evaluated test images measure faithfulness")
     consistency_samples: int = param(100, low=2, help="consistency's most activating images per split and concept (at most)")
+    localisation_images: int = param(64, low=1, help="at most this many of the evaluated test images measure concept "
+                                     "localisation (synthetic data with part masks only; two reconstructions per "
+                                     "image and class top concept)")
     checkpoint_every: int = param(1000, low=1, help="iterations between checkpoints")
     lpips_backbone: str = param("vgg", choices=("vgg", "random"), help="'random' needs no download (not comparable)")
     fid_features: str = param("inception", choices=("inception", "inception_random", "classifier"),

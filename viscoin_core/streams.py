@@ -50,6 +50,7 @@ AFFINE = {
     "eval.consistency": (1, 0),               # the concepts evaluated and the SVM's folds
     "eval.kid": (1, 0),                       # KID's subsets
     "eval.untrained_psi": (1, 12345),         # the untrained Psi that alignment is compared with
+    "eval.localisation": (1, 3),              # the evaluated test images concept localisation edits
 }
 
 # The GAN step's purposes; a purpose's position is part of its seed, so the order is fixed.

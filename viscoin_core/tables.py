@@ -65,7 +65,8 @@ def mean_std(values: list[float]) -> str:
 
 
 def column_spec(ours: str, spec: Any) -> tuple[str, str, float]:
-    """(header, published key, scale for our value) of one table column."""
+    """(header, published key, scale for our value) of one table column; `ours` is a metrics.json
+    key, dotted for a number inside one of its objects (concept_localisation.mean)."""
     if isinstance(spec, str):
         return ours, spec, 1.0
     return spec.get("header", ours), spec["published"], float(spec.get("scale", 1.0))
@@ -91,8 +92,9 @@ def build_table(table: str, profile: str, runs: list, status: dict | None = None
         ref = lookup(published, f"{spec.get('published', '')}.{row.get('published', '')}") or {}
         for ours, col in spec["columns"].items():
             header, pub_key, scale = column_spec(ours, col)
-            values = [m[ours] * scale for m in metrics if isinstance(m.get(ours), (int, float))]
-            line[header] = mean_std(values) if values else ("failed" if failures else "not run")
+            values = [lookup(m, ours) * scale for m in metrics if _is_number(lookup(m, ours))]
+            # a finished run without the number did not measure it (no part masks on real data)
+            line[header] = mean_std(values) if values else ("failed" if failures else ("n/a" if metrics else "not run"))
             if pub_key is not None:      # a column of ours alone (no published counterpart) gets no pair
                 line[f"{header} (published)"] = ref.get(pub_key) if isinstance(ref, dict) else None
         # What the numbers were measured with: feature extractor, LPIPS network, f's starting weights.
@@ -114,10 +116,15 @@ def row_beside_published(metrics: dict, table: str, published_row: str, tables: 
     lines = []
     for ours, col in spec["columns"].items():
         header, pub_key, scale = column_spec(ours, col)
-        value = metrics.get(ours)
-        lines.append({"metric": header, "ours": value * scale if isinstance(value, (int, float)) else value,
+        value = lookup(metrics, ours)
+        lines.append({"metric": header, "ours": value * scale if _is_number(value) else value,
                       "published": ref.get(pub_key) if isinstance(ref, dict) else None})
     return pd.DataFrame(lines).set_index("metric")
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float (metrics.json writes NaN as null; booleans are not numbers here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def experiments_table(profile: str, tables: dict | None = None, root: Path | None = None) -> pd.DataFrame:

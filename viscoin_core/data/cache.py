@@ -8,6 +8,8 @@ Layout of a cache directory (written by `data.prepare`, read here):
     {split}_labels.npy       int64 (N,)
     {split}_factors.npy      float32 (N, F)   synthetic data only
     {split}_attributes.npy   bool (N, A)      CUB and toybirds only
+    {split}_parts.npy        bool (N, P, H, W) synthetic data only: ground-truth part masks, cropped
+                             and resized with the images (manifest: part_names, part_factors)
 
 One array per split instead of thousands of small files keeps reading fast (the loader touches
 one memory map) and makes the checksum cheap to define.
@@ -32,8 +34,8 @@ from viscoin_core.data.transforms import augmented_float_chw, to_float_chw
 
 SPLITS = ("train", "test")
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 2   # 2: 16-bit images scaled (were clipped), transparency composited on white
-OPTIONAL_ARRAYS = ("factors", "attributes")
+FORMAT_VERSION = 3   # 2: 16-bit images scaled (were clipped), transparency composited on white; 3: part masks
+OPTIONAL_ARRAYS = ("factors", "attributes", "parts")   # each present when the manifest has its <name>_names
 
 
 class DataError(ValueError):
@@ -133,7 +135,9 @@ class CachedDataset(Dataset):
     1/2, drawn from torch's RNG (so DataLoader worker seeding makes it repeatable).
 
     Attributes: labels (LongTensor N), class_names, n_classes, resolution, factors (FloatTensor N x F
-    or None), factor_names, attributes (BoolTensor N x A or None), attribute_names, manifest.
+    or None), factor_names, attributes (BoolTensor N x A or None), attribute_names, manifest;
+    part_masks (bool (N, P, H, W) memory map, aligned with the images, or None), part_names and
+    part_factors ({part: the factor names its appearance follows}), None for real datasets.
     """
 
     def __init__(self, cache_dir: str | Path, split: str, augment: bool = False):
@@ -158,8 +162,11 @@ class CachedDataset(Dataset):
         self.attribute_names = manifest.get("attribute_names")
         self.factors = self._optional("factors", torch.float32)
         self.attributes = self._optional("attributes", torch.bool)
+        self.part_names = manifest.get("part_names")
+        self.part_factors = manifest.get("part_factors")
         self._images = None  # opened lazily, once per process (DataLoader workers included)
-        self._pid = None
+        self._parts = None
+        self._pid = self._parts_pid = None
 
     def _optional(self, name: str, dtype: torch.dtype) -> torch.Tensor | None:
         if not self.manifest.get(f"{name[:-1]}_names"):
@@ -174,6 +181,20 @@ class CachedDataset(Dataset):
             self._pid = os.getpid()
         return self._images
 
+    @property
+    def part_masks(self) -> np.ndarray | None:
+        """The bool (N, P, H, W) memory map of this split's part masks (part_names), or None.
+
+        Mapped rather than loaded: at 256 px the masks of a split are P times the size of its images'
+        single channel, and the metrics read only a few rows.
+        """
+        if not self.part_names:
+            return None
+        if self._parts is None or self._parts_pid != os.getpid():
+            self._parts = np.load(array_path(self.cache_dir, self.split, "parts"), mmap_mode="r")
+            self._parts_pid = os.getpid()
+        return self._parts
+
     def __len__(self) -> int:
         return len(self.labels)
 
@@ -185,7 +206,7 @@ class CachedDataset(Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_images"] = None  # never pickle a memory map into worker processes
+        state["_images"] = state["_parts"] = None  # never pickle a memory map into worker processes
         return state
 
     def __repr__(self) -> str:
@@ -209,6 +230,7 @@ class RawSplit:
     boxes: np.ndarray | None = None          # float (N, 4) x, y, w, h in original pixels (CUB)
     attributes: np.ndarray | None = None     # bool (N, A)
     factors: np.ndarray | None = None        # float32 (N, F)
+    parts: np.ndarray | None = None          # bool (N, P, H, W) at each image's own size (synthetic)
 
 
 @dataclass
@@ -219,6 +241,8 @@ class RawDataset:
     class_names: list[str]
     attribute_names: list[str] | None = None
     factor_names: list[str] | None = None
+    part_names: list[str] | None = None
+    part_factors: dict[str, list[str]] | None = None
     notes: dict = field(default_factory=dict)
 
     def fingerprint(self) -> str:

@@ -30,7 +30,8 @@ from viscoin_core.data.cache import (FORMAT_VERSION, MANIFEST, SPLITS, DataError
 from viscoin_core.data.cub import read_cub
 from viscoin_core.data.folder import read_folder
 from viscoin_core.data.nct import TRAIN_DIRS, class_weights, read_nct
-from viscoin_core.data.transforms import CROPS, bbox_box, center_box, crop_resize, load_rgb_noted, study_box
+from viscoin_core.data.transforms import (CROPS, bbox_box, center_box, crop_resize, crop_resize_masks, load_rgb_noted,
+                                          study_box)
 
 DATASETS = ("cub", "nct", "folder", "toybirds", "toytissue")
 CUB_LIKE = ("cub", "toybirds")  # datasets in CUB's layout, the only ones with bounding boxes and crops
@@ -75,6 +76,7 @@ def read_raw(config: DataConfig, root: Path) -> RawDataset:
         raw = read_folder(root, config.test_fraction, config.seed)
     if config.dataset in synthetic.DATASETS:
         synthetic.attach_factors(raw)
+        synthetic.attach_parts(raw)
     return raw
 
 
@@ -105,20 +107,33 @@ def process_image(job: tuple) -> tuple[int, np.ndarray | None, str | None, str |
         image, note = load_rgb_noted(path)
     except Exception as err:  # PIL raises many types for bad files; record the reason, never crash
         return row, None, f"{type(err).__name__}: {err}", None
-    width, height = image.size
-    flip = False
-    if crop == "bbox":
-        if box[2] <= 0 or box[3] <= 0:
-            return row, None, f"bounding box {box} has no area", None
-        window = bbox_box(width, height, box, margin)
-    elif crop == "study":
-        rng = np.random.default_rng(seed)
-        window = study_box(width, height, rng)
-        flip = bool(rng.random() < 0.5)  # the study baked one flip into every image too (docs/DISCREPANCIES.md item 7)
-    else:
-        window = center_box(width, height)
+    if crop == "bbox" and (box[2] <= 0 or box[3] <= 0):
+        return row, None, f"bounding box {box} has no area", None
+    window, flip = crop_window(job, *image.size)
     array = crop_resize(image, window, resolution)
     return row, (array[:, ::-1] if flip else array), None, note
+
+
+def crop_window(job: tuple, width: int, height: int) -> tuple[tuple[float, float, float, float], bool]:
+    """(box in original pixels, whether to flip left-right) of one job's image of that size: the one
+    place that decides the geometry, so images and their part masks are cut alike."""
+    _, _, box, crop, _, margin, seed = job
+    if crop == "bbox":
+        return bbox_box(width, height, box, margin), False
+    if crop == "study":
+        rng = np.random.default_rng(seed)
+        window = study_box(width, height, rng)
+        return window, bool(rng.random() < 0.5)  # the study baked one flip into every image too (docs/DISCREPANCIES.md item 7)
+    return center_box(width, height), False
+
+
+def process_masks(job: tuple, masks: np.ndarray) -> np.ndarray:
+    """One image's part masks (P, H, W) cut and resized as `process_image` cuts the image (the masks
+    are drawn at the image's own size): bool (P, resolution, resolution)."""
+    window, flip = crop_window(job, masks.shape[2], masks.shape[1])
+    resolution = job[4]   # the job tuple of `jobs_for`
+    out = crop_resize_masks(masks, window, resolution)
+    return out[:, :, ::-1] if flip else out
 
 
 def jobs_for(config: DataConfig, raw: RawDataset, split: str) -> list[tuple]:
@@ -148,7 +163,8 @@ def write_split(config: DataConfig, raw: RawDataset, split: str, cache_dir: Path
     tmp = array_path(cache_dir, split, "images.tmp")
     compact = array_path(cache_dir, split, "images.compact.tmp")
     final = array_path(cache_dir, split, "images")
-    require_space(cache_dir, int(np.prod(shape)), f"the {split} images")
+    masks_bytes = len(jobs) * len(raw.part_names or ()) * res * res   # bool part masks, one byte per pixel
+    require_space(cache_dir, int(np.prod(shape)) + masks_bytes, f"the {split} images")
     ok = np.zeros(len(jobs), dtype=bool)
     rejected, converted = [], []
     try:
@@ -183,6 +199,10 @@ def write_split(config: DataConfig, raw: RawDataset, split: str, cache_dir: Path
             np.save(array_path(cache_dir, split, "factors"), part.factors[keep].astype(np.float32))
         if raw.attribute_names:
             np.save(array_path(cache_dir, split, "attributes"), part.attributes[keep].astype(bool))
+        if raw.part_names:
+            masks = [process_masks(jobs[row], part.parts[row]) for row in keep]
+            np.save(array_path(cache_dir, split, "parts"),
+                    np.stack(masks) if masks else np.zeros((0, len(raw.part_names), res, res), bool))
     except OSError as err:
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise no_space(cache_dir, int(np.prod(shape)), f"the {split} images") from None
@@ -323,6 +343,8 @@ def write_cache(config: DataConfig, raw: RawDataset, settings: dict, cache_dir: 
         "class_names": raw.class_names,
         "factor_names": raw.factor_names,
         "attribute_names": raw.attribute_names,
+        "part_names": raw.part_names,
+        "part_factors": raw.part_factors,
         "image_shape": [config.resolution, config.resolution, 3],
         "counts": counts,
         "class_weights": class_weights(np.maximum(counts["train"]["per_class"], 1)).tolist(),
@@ -353,7 +375,7 @@ def summary(manifest: dict) -> str:
         lines.append(f"{split}: {manifest['counts'][split]['total']} images, {n_rej} rejected")
     lines += [f"warning: {note}" for note in manifest.get("warnings", [])]
     lines.append(f"{len(manifest['class_names'])} classes; factors: {len(manifest['factor_names'] or [])}; "
-                 f"attributes: {len(manifest['attribute_names'] or [])}")
+                 f"attributes: {len(manifest['attribute_names'] or [])}; part masks: {len(manifest.get('part_names') or [])}")
     lines.append(f"checksum sha256 {manifest['checksum']['sha256'][:16]}...")
     return "\n".join(lines)
 

@@ -8,7 +8,8 @@ real readers (cub.py, nct.py) and everything after them run unchanged:
                 train_test_split.txt, classes.txt, bounding_boxes.txt (from the drawn bird's mask),
                 attributes.txt + attributes/image_attribute_labels.txt (part factors, one-hot)
     toytissue/  NCT layout: NCT-CRC-HE-100K/<CLASS>/<file>.png (train), CRC-VAL-HE-7K/<CLASS>/<file>.png (test)
-    both:       factors.csv (path, split, label, one column per factor) and synthetic.json (how it was made)
+    both:       factors.csv (path, split, label, one column per factor), parts.npz (ground-truth part
+                masks, see below) and synthetic.json (how it was made)
 
 toybirds: 12 classes, each a combination of five part factors (belly colour, wing pattern, crest,
 tail length, bill colour) chosen so every value is shared by several classes and any two classes
@@ -18,6 +19,15 @@ toytissue: the nine NCT classes as texture recipes in hematoxylin/eosin optical 
 (Beer-Lambert, Ruifrok's stain vectors). Each class draws its factors (nuclei density, size and
 irregularity, fibre density and alignment, fat, mucus, glands, debris, background, stain jitter)
 from its own ranges, so the class is recoverable from the factors.
+
+parts.npz holds, for every image, one binary mask per part at the image's resolution: 'paths' (N,)
+relative paths as in factors.csv, 'names' (P,), 'masks' (N, P, H, ceil(W / 8)) the masks packed
+along their rows by np.packbits, 'width' (W, to unpack them) and 'part_factors', a JSON object
+naming each part's factors.
+toybirds: belly, wing, crest, tail, bill, each the pixels where that part is what one sees (what is
+drawn over it later, such as the wing over the belly, is cut out); a part the class lacks (no
+crest) is empty. toytissue: nuclei, fibres, fat, mucus, glands, the pixels each structure
+dominates; a structure the tile has none of is empty. The real readers never look at this file.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +49,10 @@ from tqdm import tqdm
 from viscoin_core.data.cache import DataError, RawDataset
 
 DATASETS = ("toybirds", "toytissue")
-GENERATOR_VERSION = 2  # bump whenever the drawing changes, so old generated trees are redrawn
+GENERATOR_VERSION = 3  # bump whenever the drawing changes, so old generated trees are redrawn (3: parts.npz)
 MARKER = "synthetic.json"
 FACTORS_FILE = "factors.csv"
+PARTS_FILE = "parts.npz"
 
 # ----------------------------------------------------------------------------- shared helpers
 
@@ -83,6 +95,16 @@ def smooth_noise(rng: np.random.Generator, n: int, size: int, sigma: np.ndarray 
     field -= field.mean(axis=(1, 2), keepdims=True)
     field /= field.std(axis=(1, 2), keepdims=True) + 1e-6
     return field
+
+
+def downsampled_masks(soft: np.ndarray, factor: int) -> np.ndarray:
+    """Soft coverage (n, P, H, W) in [0, 1] drawn at `factor` times the image side -> bool masks at
+    the image side: a pixel belongs to a part when the part covers more than half of it (the same
+    box filter that anti-aliases the image, so masks and pixels line up)."""
+    n, p, h, w = soft.shape
+    if factor > 1:
+        soft = soft.reshape(n, p, h // factor, factor, w // factor, factor).mean(axis=(3, 5))
+    return soft > 0.5
 
 
 def downsample(image: np.ndarray, factor: int) -> np.ndarray:
@@ -141,6 +163,11 @@ TOYBIRD_ATTRIBUTES = ([f"has_belly_color::{c}" for c in BELLY_COLOURS]
                       + ["has_crest::yes", "has_crest::no"]
                       + [f"has_tail_length::{t}" for t in TAIL_LENGTHS]
                       + [f"has_bill_color::{c}" for c in BILL_COLOURS])
+
+# The parts with a ground-truth mask (parts.npz), and which factors each one's appearance follows.
+TOYBIRD_PARTS = ("belly", "wing", "crest", "tail", "bill")
+TOYBIRD_PART_FACTORS = {"belly": [f"belly_{c}" for c in BELLY_COLOURS], "wing": [f"wing_{p}" for p in WING_PATTERNS],
+                        "crest": ["crest"], "tail": ["tail_length"], "bill": ["bill_orange"]}
 
 # Part factors (one-hot values, tail length continuous) then nuisance factors.
 TOYBIRD_FACTORS = ([f"belly_{c}" for c in BELLY_COLOURS] + [f"wing_{p}" for p in WING_PATTERNS]
@@ -267,8 +294,10 @@ def toybird_supersample(resolution: int) -> int:
     return 2 if resolution < 64 else 1
 
 
-def draw_toybirds(factors: np.ndarray, rng: np.random.Generator, resolution: int) -> tuple[np.ndarray, np.ndarray]:
-    """Render birds with the given factors: uint8 (n, resolution, resolution, 3) and bool masks (n, H, W)."""
+def draw_toybirds(factors: np.ndarray, rng: np.random.Generator,
+                  resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Render birds with the given factors: uint8 (n, resolution, resolution, 3), bool bird masks
+    (n, H, W), and bool part masks (n, len(TOYBIRD_PARTS), H, W): the visible pixels of each part."""
     supersample = toybird_supersample(resolution)
     col = {name: i for i, name in enumerate(TOYBIRD_FACTORS)}
     n, size = len(factors), resolution * supersample
@@ -303,23 +332,27 @@ def draw_toybirds(factors: np.ndarray, rng: np.random.Generator, resolution: int
     x = (u - g["position_x"]) / g["scale"] * g["facing"]  # bird units, x towards the beak
     y = (v - g["position_y"]) / g["scale"]
     bird = np.zeros(canvas.shape[:3], np.float32)
+    visible = np.zeros((len(TOYBIRD_PARTS),) + canvas.shape[:3], np.float32)   # how much of each part shows
 
-    def part(mask, colour):
+    def part(mask, colour, name=None):
         nonlocal bird
         paint(canvas, mask, colour)
         bird = np.maximum(bird, mask)
+        visible[...] *= 1 - mask   # whatever is painted now hides the parts painted before, as on the canvas
+        if name is not None:
+            visible[TOYBIRD_PARTS.index(name)] += mask
 
     legs = np.maximum(segment(x, y, (0.02, 0.14), (0.00, BOTTOM), 0.035, edge),
                       segment(x, y, (0.10, 0.14), (0.10, BOTTOM), 0.035, edge))
     part(legs, np.full((n, 3), 0.25, np.float32))
     tail_end = -BACK_BASE - g["tail_length"]
     tail = polygon(x, y, [(-0.20, 0.04), (-0.20, -0.07), (tail_end, -0.13), (tail_end, -0.01)], edge)
-    part(tail, dark)
+    part(tail, dark, "tail")
     body = ellipse(x, y, 0.0, 0.0, 0.30, 0.19, edge)
     part(body, plumage)
     belly = body * ellipse(x, y, 0.08, 0.08, 0.27, 0.15, edge)
     lit = np.clip(1.08 - 0.5 * (y - 0.05), 0.8, 1.15)[..., None]  # light from above
-    part(belly, belly_colour[:, None, None, :] * lit)
+    part(belly, belly_colour[:, None, None, :] * lit, "belly")
 
     # wing: an ellipse tilted down towards the tail, with its pattern in wing-aligned coordinates
     angle = -0.35
@@ -335,14 +368,14 @@ def draw_toybirds(factors: np.ndarray, rng: np.random.Generator, resolution: int
     pattern = g["wing_striped"] * stripes + g["wing_spotted"] * spots
     light = np.array([0.97, 0.95, 0.88], np.float32)
     wing_colour = dark[:, None, None, :] + pattern[..., None] * (light - dark[:, None, None, :])
-    part(wing, wing_colour)
+    part(wing, wing_colour, "wing")
 
     crest = polygon(x, y, [(0.17, -0.18), (0.33, -0.22), (0.11, -TOP)], edge) * g["crest"]
-    part(crest, belly_colour * 0.85)
+    part(crest, belly_colour * 0.85, "crest")
     head = ellipse(x, y, 0.27, -0.14, 0.13, 0.125, edge)
     part(head, plumage)
     bill = polygon(x, y, [(0.36, -0.185), (FRONT, -0.12), (0.36, -0.075)], edge)
-    part(bill, bill_colour)
+    part(bill, bill_colour, "bill")
     part(ellipse(x, y, 0.31, -0.17, 0.032, 0.032, edge), np.full((n, 3), 0.97, np.float32))
     part(ellipse(x, y, 0.315, -0.17, 0.02, 0.02, edge), np.full((n, 3), 0.03, np.float32))
 
@@ -352,7 +385,10 @@ def draw_toybirds(factors: np.ndarray, rng: np.random.Generator, resolution: int
     image = downsample(frame, supersample)
     image = image + rng.normal(0, 0.012, image.shape).astype(np.float32)  # sensor grain
     mask = downsample(full_mask[..., None], supersample)[..., 0] > 0.5
-    return to_uint8(image), mask
+    parts = np.zeros((len(TOYBIRD_PARTS), n, size, size), np.float32)
+    for p in range(len(TOYBIRD_PARTS)):   # window coordinates -> the frame, as for the bird's mask
+        parts[p][window] = visible[p]
+    return to_uint8(image), mask, downsampled_masks(parts.transpose(1, 0, 2, 3), supersample)
 
 
 def bird_window(factors: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, tuple]:
@@ -409,6 +445,11 @@ TISSUE_RECIPES = {
     "TUM":  ((0.45, 0.65), (0.045, 0.063), (0.5, 1.0), (0.05, 0.20), (0.0, 0.4), (0.0, 0.0), (0.0, 0.05), (0.15, 0.35), (0.0, 0.15), (0.0, 0.05)),
 }
 STAIN_RANGE = (0.8, 1.2)
+# The structures with a ground-truth map (parts.npz), and the factors each one's amount follows.
+TISSUE_PARTS = ("nuclei", "fibres", "fat", "mucus", "glands")
+TISSUE_PART_FACTORS = {"nuclei": ["nuclei_density", "nuclei_size", "nuclei_irregularity"],
+                       "fibres": ["fibre_density", "fibre_alignment"], "fat": ["fat_fraction"],
+                       "mucus": ["mucus_fraction"], "glands": ["gland_fraction"]}
 # optical density per unit stain: the reference H&E vectors of Macenko et al. (2009)
 HEMATOXYLIN = np.array([0.5626, 0.7201, 0.4062], np.float32)
 EOSIN = np.array([0.2159, 0.8012, 0.5581], np.float32)
@@ -464,8 +505,9 @@ def on_rows(active: np.ndarray, size: int, layer, outputs: int = 1):
     return out[0] if outputs == 1 else tuple(out)
 
 
-def draw_tissue(factors: np.ndarray, rng: np.random.Generator, resolution: int) -> np.ndarray:
-    """Render H&E-like tiles with the given factors: uint8 (n, resolution, resolution, 3).
+def draw_tissue(factors: np.ndarray, rng: np.random.Generator, resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """Render H&E-like tiles with the given factors: uint8 (n, resolution, resolution, 3), and bool
+    structure maps (n, len(TISSUE_PARTS), H, W) (see `tissue_parts`).
 
     Each layer adds hematoxylin (nuclei, purple) or eosin (cytoplasm, fibres, pink) concentration;
     the two become RGB by Beer-Lambert with the stain vectors, scaled by the per-image stain jitter.
@@ -548,29 +590,40 @@ def draw_tissue(factors: np.ndarray, rng: np.random.Generator, resolution: int) 
           + eosin[..., None] * EOSIN * e3(f["stain_eosin"])[..., None]) * 1.3 + 0.04
     image = np.exp(-od)
     image = image + rng.normal(0, 0.01, image.shape).astype(np.float32)
-    return to_uint8(image)
+    fibre_share = e3(f["fibre_density"]) * fibres * tissue * (1 - fat) * (1 - mucus) * (1 - lumen) * (1 - nuclei)
+    return to_uint8(image), tissue_parts(np.maximum(nuclei, ring_nuclei), fibre_share, fat, mucus, lumen + epithelium)
+
+
+def tissue_parts(nuclei, fibres, fat, mucus, glands) -> np.ndarray:
+    """Bool (n, 5, H, W) in the order of TISSUE_PARTS from each structure's soft layer in [0, 1]:
+    a pixel belongs to a structure where that layer is more than half there. Each layer is taken
+    after the layers drawn over it (fat and mucus replace fibres, nuclei sit on them), so a fibre
+    pixel is one whose eosin mostly comes from a visible fibre."""
+    return np.stack([nuclei, fibres, fat, mucus, glands], axis=1) > 0.5
 
 
 # ----------------------------------------------------------------------------- writing the trees
 
 
-def render_batch(job: tuple) -> np.ndarray | None:
-    """Draw one batch and write its PNGs; returns the birds' boxes (toybirds) or None."""
+def render_batch(job: tuple) -> tuple[np.ndarray | None, np.ndarray]:
+    """Draw one batch and write its PNGs; returns the birds' boxes (toybirds, else None) and the
+    part masks packed along their rows (np.packbits: 8x smaller to pass between processes)."""
     dataset, factors, paths, resolution, seed = job
     rng = np.random.default_rng(seed)
     if dataset == "toybirds":
-        images, masks = draw_toybirds(factors, rng, resolution)
+        images, masks, parts = draw_toybirds(factors, rng, resolution)
     else:
-        images, masks = draw_tissue(factors, rng, resolution), None
+        (images, parts), masks = draw_tissue(factors, rng, resolution), None
     for image, path in zip(images, paths):
         Image.fromarray(image).save(path, compress_level=1)
-    return None if masks is None else mask_boxes(masks)
+    return (None if masks is None else mask_boxes(masks)), np.packbits(parts, axis=-1)
 
 
 def render_all(dataset: str, factors: np.ndarray, paths: list[Path], resolution: int, seed: int,
-               workers: int) -> np.ndarray | None:
+               workers: int) -> tuple[np.ndarray | None, np.ndarray]:
     """Draw and write every image in batches (each batch seeded by its index, so `workers` never
-    changes the pixels); returns the concatenated boxes for toybirds."""
+    changes the pixels); returns the concatenated boxes for toybirds (None for toytissue) and the
+    packed part masks (N, P, H, ceil(W / 8))."""
     size = batch_size_for(resolution, toybird_supersample(resolution) if dataset == "toybirds" else 1)
     jobs = [(dataset, factors[start:start + size], paths[start:start + size], resolution, [seed, 1, b])
             for b, start in enumerate(range(0, len(factors), size))]
@@ -581,7 +634,8 @@ def render_all(dataset: str, factors: np.ndarray, paths: list[Path], resolution:
             results = list(tqdm(pool.imap(render_batch, jobs), **bar))
     else:
         results = [render_batch(job) for job in tqdm(jobs, **bar)]
-    return None if results[0] is None else np.concatenate(results)
+    boxes, parts = zip(*results)
+    return (None if boxes[0] is None else np.concatenate(boxes)), np.concatenate(parts)
 
 
 def write_toybirds(root: Path, n_per_class: int, resolution: int, seed: int, workers: int = 2) -> None:
@@ -595,7 +649,8 @@ def write_toybirds(root: Path, n_per_class: int, resolution: int, seed: int, wor
     for name in names:
         (root / "images" / name).mkdir(parents=True)
     rel_paths = [f"images/{names[c]}/{names[c][4:]}_{i % (2 * n_per_class):05d}.png" for i, c in enumerate(labels)]
-    boxes = render_all("toybirds", factors, [root / p for p in rel_paths], resolution, seed, workers)
+    boxes, parts = render_all("toybirds", factors, [root / p for p in rel_paths], resolution, seed, workers)
+    write_parts(root, rel_paths, TOYBIRD_PARTS, TOYBIRD_PART_FACTORS, parts, resolution)
 
     ids = np.arange(1, len(labels) + 1)
     write_lines(root / "images.txt", (f"{i} {p[len('images/'):]}" for i, p in zip(ids, rel_paths)))
@@ -626,7 +681,8 @@ def write_toytissue(root: Path, n_per_class: int, resolution: int, seed: int, wo
     for top in (TRAIN_DIRS["norm"], TEST_DIR):
         for name in TISSUE_CLASSES:
             (root / top / name).mkdir(parents=True)
-    render_all("toytissue", factors, [root / p for p in rel_paths], resolution, seed, workers)
+    parts = render_all("toytissue", factors, [root / p for p in rel_paths], resolution, seed, workers)[1]
+    write_parts(root, rel_paths, TISSUE_PARTS, TISSUE_PART_FACTORS, parts, resolution)
     write_factors(root, rel_paths, np.where(is_train, "train", "test"), labels, TISSUE_FACTORS, factors)
 
 
@@ -640,6 +696,35 @@ def write_factors(root: Path, rel_paths, splits, labels, names, factors) -> None
         writer.writerow(["path", "split", "label", *names])
         for path, split, label, row in zip(rel_paths, splits, labels, factors):
             writer.writerow([path, split, int(label), *(f"{v:.6g}" for v in row)])
+
+
+def write_parts(root: Path, rel_paths, names, part_factors: dict, packed: np.ndarray, width: int) -> None:
+    """parts.npz (module docstring): the packed masks (N, P, H, ceil(width / 8)) in the order of
+    `rel_paths`; `width` is the images' width in pixels (what unpacking needs back)."""
+    save_npz(root / PARTS_FILE, paths=np.array(rel_paths), names=np.array(names), masks=packed,
+             width=np.array(width), part_factors=np.array(json.dumps(part_factors)))
+
+
+def save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """np.savez_compressed, but every member dated 1980-01-01 (numpy stamps the clock time), so
+    a tree drawn twice from one seed is the same bytes."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for key, value in arrays.items():
+            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(info, "w", force_zip64=True) as handle:
+                np.lib.format.write_array(handle, np.asanyarray(value), allow_pickle=False)
+
+
+def read_parts(root: str | Path) -> tuple[dict[str, np.ndarray], list[str], dict]:
+    """({relative path: bool masks (P, H, W)}, part names, {part: its factor names}) from parts.npz."""
+    path = Path(root) / PARTS_FILE
+    if not path.is_file():
+        raise DataError(f"{path} is missing: a synthetic tree carries its ground-truth part masks there")
+    with np.load(path) as stored:
+        masks = np.unpackbits(stored["masks"], axis=-1, count=int(stored["width"])).astype(bool)
+        table = dict(zip(stored["paths"].tolist(), masks))
+        return table, stored["names"].tolist(), json.loads(str(stored["part_factors"]))
 
 
 def generate(dataset: str, root: str | Path, n_per_class: int, resolution: int, seed: int, workers: int = 2) -> Path:
@@ -700,6 +785,19 @@ def attach_factors(raw: RawDataset) -> None:
                 raise DataError(f"{path} has no row for {key}")
             rows.append(table[key])
         part.factors = np.stack(rows).astype(np.float32)
+
+
+def attach_parts(raw: RawDataset) -> None:
+    """Fill each split's `parts` (bool (N, P, H, W), at the drawn resolution) from parts.npz, matching
+    rows by relative path, and the dataset's part names and each part's factors."""
+    table, names, part_factors = read_parts(raw.root)
+    raw.part_names, raw.part_factors = names, part_factors
+    for part in raw.splits.values():
+        keys = [Path(file).relative_to(raw.root).as_posix() for file in part.paths]
+        missing = [key for key in keys if key not in table]
+        if missing:
+            raise DataError(f"{raw.root / PARTS_FILE} has no masks for {missing[0]}")
+        part.parts = np.stack([table[key] for key in keys])
 
 
 def read_factors_csv(root: str | Path) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:

@@ -126,6 +126,23 @@ def crop_resize(image: Image.Image, box: tuple[float, float, float, float], reso
     return np.asarray(out, dtype=np.uint8)
 
 
+def crop_resize_masks(masks: np.ndarray, box: tuple[float, float, float, float], resolution: int,
+                      resample: int = Image.Resampling.LANCZOS) -> np.ndarray:
+    """`crop_resize` for bool masks (P, H, W) of an image of that size: the same box, the same edge
+    padding and the same filter on each mask as a float image, then thresholded at 1/2, so a mask
+    covers the cropped image's pixels that its part covers. Returns bool (P, resolution, resolution)."""
+    left, top, right, bottom = box
+    height, width = masks.shape[1:]
+    pad = int(np.ceil(max(0.0, -left, -top, right - width, bottom - height)))
+    if pad > 0:
+        masks = np.pad(masks, ((0, 0), (pad, pad), (pad, pad)), mode="edge")
+        left, top, right, bottom = left + pad, top + pad, right + pad, bottom + pad
+    out = [np.asarray(Image.fromarray(m.astype(np.float32)).resize((resolution, resolution), resample=resample,
+                                                                  box=(left, top, right, bottom))) > 0.5
+           for m in masks]
+    return np.stack(out) if out else np.zeros((0, resolution, resolution), bool)
+
+
 def random_window(image: np.ndarray, pad_fraction: float = 0.125) -> tuple[np.ndarray, bool]:
     """The random part of training augmentation on one uint8 (H, W, 3) image.
 

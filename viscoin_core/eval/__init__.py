@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-# Keys every evaluate() result holds (docs/ARCHITECTURE.md); factor_alignment only on synthetic data.
+# Keys every evaluate() result holds (docs/ARCHITECTURE.md); factor_alignment only on synthetic data,
+# concept_localisation only where the test split has part masks (the synthetic stand-ins).
 METRIC_KEYS = ("f_accuracy", "g_accuracy", "fidelity", "mse", "lpips", "fid", "kid", "faithfulness",
                "consistency", "top_n_accuracy", "sparsity", "fid_features", "lpips_backbone",
                "identification", "identification_in_class")
@@ -48,7 +49,7 @@ def evaluate(run_dir: str | Path, n_images: int | None = None, device: str = "cp
              seed: int = 0, fid_features: str | None = None, lpips_backbone: str | None = None,
              n_train_images: int | None = None, faithfulness_images: int | None = None,
              consistency_samples: int | None = None, consistency_concepts: int | None = None,
-             write: bool = True) -> dict:
+             localisation_images: int | None = None, write: bool = True) -> dict:
     """Every metric of docs/ARCHITECTURE.md for the run in `run_dir`, written to its metrics.json, plus
     reconstruction identification (ours: do reconstructions follow their own inputs, beyond the class?).
 
@@ -58,7 +59,8 @@ def evaluate(run_dir: str | Path, n_images: int | None = None, device: str = "cp
     most `faithfulness_images` of the evaluated test images; consistency at most
     `consistency_samples` per split and concept (both default to the run's settings, the paper's 1000
     and 100), and a random subset of `consistency_concepts` eligible concepts (default: the run's
-    `consistency_concepts`; all when that is null too).
+    `consistency_concepts`; all when that is null too). Concept localisation (test splits with part
+    masks only) edits at most `localisation_images` of the evaluated images (default: the run's).
     fid_features / lpips_backbone default to the run's config.
     Keys already in metrics.json that are not recomputed (e.g. the trainer's) are kept.
     Also writes relevance.pt beside it, what the figures show: {'r_kc' (C, K), 'class_names', and per
@@ -82,16 +84,19 @@ def evaluate(run_dir: str | Path, n_images: int | None = None, device: str = "cp
     consistency_concepts = consistency_concepts or cfg.consistency_concepts
     faithfulness_images = faithfulness_images or cfg.faithfulness_images
     consistency_samples = consistency_samples or cfg.consistency_samples
+    localisation_images = localisation_images or cfg.localisation_images
     lpips_net = M.build_lpips(lpips_backbone, device)
     extractor = M.feature_extractor(fid_features, system.f, device)
     # An untrained Psi beside the trained one, when there is ground truth to align with.
     with_truth = test.factors is not None or test.attributes is not None
+    with_parts = test.part_masks is not None and test.factors is not None
     psi0 = C.reinitialised(system.psi, seed=streams.stream_seed(seed, "eval.untrained_psi")) if with_truth else None
     stages.update(1)
 
     # One pass over the test images: accuracy, reconstruction metrics, FID features, the concept pool.
     index = C._subset(len(test), n_images, streams.generator(seed, "eval.test_subset"))
-    cat = image_pass(_system_batch(system, lpips_net, extractor, psi0), test, index, batch_size, device)
+    cat = image_pass(_system_batch(system, lpips_net, extractor, psi0, untrained_maps=with_parts), test, index,
+                     batch_size, device)
     theta = copy.deepcopy(system.theta).cpu()     # the concept pool lives on the CPU
     g_logits = theta(cat["phi"])
     predicted = g_logits.argmax(dim=1)
@@ -135,6 +140,9 @@ def evaluate(run_dir: str | Path, n_images: int | None = None, device: str = "cp
     if test.attributes is not None:
         result["attribute_alignment"] = C.attribute_alignment(cp.activations, cat["untrained"],
                                                               test.attributes[index], test.attribute_names)
+    if with_parts:
+        result["concept_localisation"] = localisation(system, psi0, theta, cp, cat, r_kc, test, localisation_images,
+                                                      batch_size, streams.stream_seed(seed, "eval.localisation"))
     stages.update(1)
 
     if write:
@@ -147,9 +155,46 @@ def evaluate(run_dir: str | Path, n_images: int | None = None, device: str = "cp
     return result
 
 
-def _system_batch(system, lpips_net, extractor, psi0=None):
+def localisation(system, psi0, theta, cp, cat: dict, r_kc: torch.Tensor, test, n_images: int, batch_size: int,
+                 seed: int) -> dict:
+    """metrics.json's `concept_localisation`: the trained system's (mean, median, n, per_part,
+    concepts) beside the untrained Psi's (untrained_mean, untrained_median, untrained_n,
+    untrained_per_part), on the same `n_images` of the evaluated images (a seeded subset).
+
+    The untrained system is Psi reinitialised with Theta, Omega and G kept, run through the same
+    procedure: its own Phi, so its own predictions, r_{k,c}, top concepts and concept-to-part
+    assignment (an untrained concept has no part of its own to inherit from the trained one).
+    """
+    import numpy as np
+
+    from viscoin_core.eval import concepts as C
+    rows = C._subset(len(cp.phi), n_images, torch.Generator().manual_seed(seed))
+    masks = torch.from_numpy(np.stack([np.asarray(test.part_masks[int(cp.images_index[r])]) for r in rows]))
+    truth = dict(part_names=test.part_names, factors=test.factors[cp.images_index], factor_names=test.factor_names,
+                 part_factors=test.part_factors, batch_size=batch_size)
+    ours = C.concept_localisation(system, cp, r_kc, rows, masks, **truth)
+    cp0, r0_kc = _untrained_pool(theta, cp, cat, n_classes=r_kc.shape[0])
+    untrained = C.System(system.f, psi0, system.theta, system.decode)
+    base = C.concept_localisation(untrained, cp0, r0_kc, rows, masks, **truth)
+    return {**{k: ours[k] for k in ("mean", "median", "n", "unchanged", "per_part", "concepts")},
+            "untrained_mean": base["mean"], "untrained_median": base["median"], "untrained_n": base["n"],
+            "untrained_per_part": base["per_part"], "images": len(rows), "lambda": C.LOCALISATION_LAMBDA}
+
+
+def _untrained_pool(theta, cp, cat: dict, n_classes: int):
+    """(ConceptPool, r_{k,c}) of the untrained Psi on the images of `cp`, from the pass's
+    'untrained_phi' and 'untrained_phi_prime', with g's head `theta` (on the CPU, like the pool)."""
+    from viscoin_core.eval import concepts as C
+    phi0 = cat["untrained_phi"]
+    predicted0 = theta(phi0).argmax(dim=1)
+    cp0 = C.ConceptPool(cp.images_index, phi0, cat["untrained_phi_prime"], C.pool(theta, phi0), predicted0, cp.labels)
+    return cp0, C.class_relevance(C.concept_relevance(phi0, theta, predicted0), predicted0, n_classes)
+
+
+def _system_batch(system, lpips_net, extractor, psi0=None, untrained_maps: bool = False):
     """What `evaluate` keeps of each batch x: f's logits, MSE, LPIPS, FID features of x and its
-    reconstruction, the concept maps, thumbnails, and the untrained Psi's pooled activations."""
+    reconstruction, the concept maps, thumbnails, and the untrained Psi's pooled activations (and,
+    with `untrained_maps`, its Phi and Phi', which concept localisation edits)."""
     from viscoin_core.eval import concepts as C
     from viscoin_core.eval import metrics as M
 
@@ -161,7 +206,10 @@ def _system_batch(system, lpips_net, extractor, psi0=None):
                   "real": extractor(x).double(), "fake": extractor(x_rec).double(), "phi": phi.float(),
                   "phi_prime": phi_prime.float(), "thumbs": M.thumbnails(x), "thumbs_rec": M.thumbnails(x_rec)}
         if psi0 is not None:
-            values["untrained"] = C.pool(system.theta, psi0(taps)[0])
+            phi0, phi0_prime = psi0(taps)
+            values["untrained"] = C.pool(system.theta, phi0)
+            if untrained_maps:
+                values["untrained_phi"], values["untrained_phi_prime"] = phi0.float(), phi0_prime.float()
         return values
     return batch
 

@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="default: the run's consistency_samples")
     parser.add_argument("--consistency-concepts", type=int, default=None,
                         help="evaluate consistency on this many random eligible concepts (default: the run's consistency_concepts; all when unset)")
+    parser.add_argument("--localisation-images", type=int, default=None,
+                        help="test images concept localisation edits (default: the run's localisation_images)")
     parser.add_argument("--fid-features", choices=["inception", "classifier"], default=None,
                         help="default: the run's config")
     parser.add_argument("--lpips-backbone", choices=["vgg", "random"], default=None, help="default: the run's config")
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     for name in ("n_images", "n_train_images", "faithfulness_images", "consistency_samples",
-                 "consistency_concepts", "batch_size"):
+                 "consistency_concepts", "localisation_images", "batch_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -38,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                       batch_size=args.batch_size, seed=args.seed, fid_features=args.fid_features,
                       lpips_backbone=args.lpips_backbone, n_train_images=args.n_train_images,
                       faithfulness_images=args.faithfulness_images, consistency_samples=args.consistency_samples,
-                      consistency_concepts=args.consistency_concepts)
+                      consistency_concepts=args.consistency_concepts,
+                      localisation_images=args.localisation_images)
     summary = {k: v for k, v in result.items() if not isinstance(v, dict)}
     summary["consistency"] = {k: result["consistency"][k] for k in ("mean", "std", "n_concepts")}
     summary["faithfulness"] = result["faithfulness"]

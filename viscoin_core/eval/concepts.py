@@ -425,3 +425,137 @@ def attribute_alignment(trained: torch.Tensor, untrained: torch.Tensor, attribut
     """The same against binary attributes (CUB: certainty >= 3; toybirds: part attributes)."""
     ours, base = alignment(trained, attributes.float(), names), alignment(untrained, attributes.float(), names)
     return {"per_attribute": ours["per_target"], "mean": ours["mean"], "untrained_mean": base["mean"]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Concept localisation: does editing a concept change the image where its part is?
+
+LOCALISATION_LAMBDA = 4.0   # the strongest amplification the figures show (viz.figures.LAMBDAS)
+
+
+def top_concepts(r_kc: torch.Tensor, top_k: int = 3) -> dict[int, list[int]]:
+    """{c: the `top_k` concepts of largest r_{k,c}, most relevant first} for every class g predicts
+    (the rows of r_kc without NaN); the same order as `viz.figures.select_concepts(top_k=...)`."""
+    rows = ~torch.isnan(r_kc).any(dim=1)
+    return {int(c): r_kc[c].argsort(descending=True)[:top_k].tolist() for c in rows.nonzero().flatten()}
+
+
+def factor_parts(part_factors: dict[str, Sequence[str]]) -> dict[str, str]:
+    """{factor name: part} from a dataset's {part: the factor names its appearance follows}
+    (e.g. belly_red -> belly); factors of no part (position, clutter, stain) are absent."""
+    return {factor: part for part, factors in part_factors.items() for factor in factors}
+
+
+def concept_parts(activations: torch.Tensor, factors: torch.Tensor, factor_names: Sequence[str],
+                  part_factors: dict[str, Sequence[str]], concepts: Sequence[int] | None = None) -> dict[int, str]:
+    """The part each concept goes with: the part owning the factor whose |Spearman rho| with the
+    concept's pooled activation (N,) is the largest among all part factors (factor_alignment's
+    measure). activations (N, K), factors (N, F) over the same images; `concepts` defaults to all K.
+    A concept constant over the images correlates 0 with every factor and gets the first part."""
+    owner = factor_parts(part_factors)
+    columns = [j for j, name in enumerate(factor_names) if name in owner]
+    if not columns:
+        raise ValueError(f"none of the factors {list(factor_names)} belongs to a part of {list(part_factors)}")
+    concepts = list(range(activations.shape[1])) if concepts is None else list(concepts)
+    rho = np.abs(spearman_matrix(activations[:, concepts], factors[:, columns]))   # (len(concepts), J)
+    return {int(k): owner[factor_names[columns[int(j)]]] for k, j in zip(concepts, rho.argmax(axis=1))}
+
+
+@torch.no_grad()
+def change_maps(system: System, phi: torch.Tensor, phi_prime: torch.Tensor, k: int, phi_max: float,
+                lam: float = LOCALISATION_LAMBDA) -> torch.Tensor:
+    """|x~(lam) - x~(0)| summed over RGB, (B, H, W) in [0, 6] (images are [-1, 1]).
+
+    x~(lam) regenerates each image with its whole map phi_k := lam * phi_max (consistency's edit,
+    `_edited_features`, not the figures' phi_k x lam), Phi' and the other concepts unchanged, so
+    the map does not depend on how strongly the image itself shows concept k.
+    """
+    def edited(value: float) -> torch.Tensor:
+        out = phi.clone()
+        out[:, k] = value
+        return system.reconstruct(out, phi_prime).float()
+    return (edited(lam * phi_max) - edited(0.0)).abs().sum(dim=1)
+
+
+def localisation(change: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Per image (B,): the share of the change map's mass inside the mask, divided by the mask's
+    share of the image. 1: no localisation (a uniform change); 1/s: every change inside a part
+    covering s of the image; 0: every change outside. NaN where the mask is empty or nothing changed.
+
+    change (B, H, W) >= 0; masks (B, H, W) bool, at the same size.
+    """
+    if change.shape != masks.shape:
+        raise ValueError(f"change maps {tuple(change.shape)} and masks {tuple(masks.shape)} differ in shape")
+    change, masks = change.double(), masks.bool()
+    mass = change.flatten(1).sum(dim=1)
+    inside = (change * masks).flatten(1).sum(dim=1) / mass
+    share = masks.flatten(1).double().mean(dim=1)
+    score = inside / share
+    return torch.where((share > 0) & (mass > 0), score, torch.full_like(score, float("nan")))
+
+
+def localisation_pairs(system: System, cp: ConceptPool, rows: torch.Tensor, masks: torch.Tensor,
+                       part_names: Sequence[str], concept_part: dict[int, str], classes: dict[int, list[int]],
+                       lam: float = LOCALISATION_LAMBDA, batch_size: int = 32) -> list[dict]:
+    """The localisation of every (image, concept) pair: image cp row r in `rows` and each concept k
+    of classes[c^], c^ = g's class of the image, scored against the mask of concept_part[k].
+
+    masks (len(rows), P, H, W) bool, aligned with `rows`; phi_max of k is its largest pooled
+    activation over the pool. Pairs whose part is empty on the image are skipped.
+    Returns [{'row', 'concept', 'part', 'localisation'}] (rows are cp rows).
+    """
+    pairs = []
+    device = system.theta.linear.weight.device
+    wanted = {k for ks in classes.values() for k in ks}
+    for k in sorted(wanted):
+        take = [i for i, r in enumerate(rows.tolist()) if k in classes.get(int(cp.predicted[r]), ())]
+        p = list(part_names).index(concept_part[k])
+        take = [i for i in take if bool(masks[i, p].any())]          # the part is not on this image
+        if not take:
+            continue
+        phi_max = float(cp.activations[:, k].max())
+        for chunk in torch.tensor(take).split(batch_size):
+            r = rows[chunk]
+            change = change_maps(system, cp.phi[r].to(device), cp.phi_prime[r].to(device), k, phi_max, lam).cpu()
+            for i, score in zip(chunk.tolist(), localisation(change, torch.as_tensor(masks[chunk, p])).tolist()):
+                pairs.append({"row": int(rows[i]), "concept": k, "part": concept_part[k], "localisation": score})
+    return pairs
+
+
+def summarise_localisation(pairs: list[dict]) -> dict:
+    """Mean, median and count of the pairs' localisation (NaN ones, where nothing changed, left
+    out), overall and per part: {'mean', 'median', 'n', 'unchanged' (the NaN pairs: a concept
+    with phi_max = 0 changes nothing), 'per_part': {part: {'mean', 'median', 'n'}}}."""
+    def stats(values: list[float]) -> dict:
+        v = np.array([x for x in values if not np.isnan(x)], np.float64)
+        return {"mean": float(v.mean()) if len(v) else float("nan"),
+                "median": float(np.median(v)) if len(v) else float("nan"), "n": int(len(v))}
+    parts = sorted({p["part"] for p in pairs})
+    return {**stats([p["localisation"] for p in pairs]),
+            "unchanged": sum(1 for p in pairs if np.isnan(p["localisation"])),
+            "per_part": {part: stats([p["localisation"] for p in pairs if p["part"] == part]) for part in parts}}
+
+
+def concept_localisation(system: System, cp: ConceptPool, r_kc: torch.Tensor, rows: torch.Tensor,
+                         masks: torch.Tensor, part_names: Sequence[str], factors: torch.Tensor,
+                         factor_names: Sequence[str], part_factors: dict[str, Sequence[str]], top_k: int = 3,
+                         lam: float = LOCALISATION_LAMBDA, batch_size: int = 32) -> dict:
+    """Concept localisation of one system on the images cp[rows] (masks (len(rows), P, H, W) aligned
+    with rows), a number >= 0 per (image, concept) pair where 1 means no localisation.
+
+    Each class's `top_k` concepts by r_{k,c} (C, K) (the system's own relevance over the pool),
+    each concept's part by `concept_parts` over the whole pool (factors (N, F) aligned with cp's
+    rows), then `localisation_pairs` and `summarise_localisation`. Also returns 'concepts':
+    {k: {'part', 'phi_max', 'mean', 'n'}} for the concepts used, which the figures read back.
+    """
+    classes = top_concepts(r_kc, top_k)
+    used = sorted({k for ks in classes.values() for k in ks})
+    concept_part = concept_parts(cp.activations, factors, factor_names, part_factors, used)
+    pairs = localisation_pairs(system, cp, rows, masks, part_names, concept_part, classes, lam, batch_size)
+    out = summarise_localisation(pairs)
+    out["concepts"] = {}
+    for k in used:
+        scores = [p["localisation"] for p in pairs if p["concept"] == k and not np.isnan(p["localisation"])]
+        out["concepts"][k] = {"part": concept_part[k], "phi_max": float(cp.activations[:, k].max()),
+                              "mean": float(np.mean(scores)) if scores else float("nan"), "n": len(scores)}
+    return out

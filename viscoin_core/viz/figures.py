@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from viscoin_core.eval.concepts import System, pool
+from viscoin_core.eval.concepts import LOCALISATION_LAMBDA, System, change_maps, localisation, pool
 
 LAMBDAS = (0.0, 1.0, 2.0, 4.0)
 
@@ -144,6 +144,34 @@ def amplification_strip(system: System, images: torch.Tensor, concepts: Sequence
         if i == 0:
             ax.set_title(f"|x(lambda={max(lambdas):g}) - x~|", fontsize=8)
     fig.suptitle(f"amplifying concepts {list(concepts)}", fontsize=10)
+    return save_figure(fig, out)
+
+
+def localisation_figure(system: System, images: torch.Tensor, concepts: Sequence[int], masks: torch.Tensor,
+                        parts: Sequence[str], phi_max: Sequence[float], lam: float = LOCALISATION_LAMBDA,
+                        out: str | Path | None = None) -> Figure:
+    """Per row, one (image, concept) pair of concept localisation: the image, and the change map
+    |x~(lam) - x~(0)| summed over RGB (`eval.concepts.change_maps`: phi_k := lam * phi_max), each
+    with the outline of the concept's part; the title gives the concept, the part and the score.
+
+    images (n, 3, H, W) in [-1, 1]; concepts, parts, phi_max one per image; masks (n, H, W) bool.
+    """
+    fig, axes = _new_figure(len(images), 2, (4.0, 2.0 * len(images) + 0.4))
+    with torch.no_grad():
+        phi, phi_prime = system.concepts(images)
+    for i, (x, k, part) in enumerate(zip(images, concepts, parts)):
+        change = change_maps(system, phi[i:i + 1], phi_prime[i:i + 1], int(k), float(phi_max[i]), lam)[0].cpu()
+        mask = torch.as_tensor(masks[i]).bool()
+        score = float(localisation(change[None], mask[None])[0])
+        _show(axes[i, 0], x, f"concept {k}, {part}")
+        ax = axes[i, 1]
+        ax.imshow(change.numpy(), cmap="magma", vmin=0, vmax=max(float(change.max()), 1e-6))
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"localisation {score:.2f}", fontsize=8)
+        for a in axes[i]:   # the part's outline on both: is the change where the part is?
+            a.contour(mask.numpy().astype(float), levels=[0.5], colors="cyan", linewidths=0.8)
+    fig.suptitle(f"|x~(lambda={lam:g}) - x~(0)| and the part's outline", fontsize=10)
     return save_figure(fig, out)
 
 
@@ -449,7 +477,9 @@ def figures_for_run(run_dir: str | Path, out_dir: str | Path, n_classes_shown: i
     classes g predicts most often: a concept grid of `n_images` images with the class's concepts of
     r_{k,c} > threshold (else the top_k), amplification strips and Grad-CAM (at `cam_layer`, see
     `concept_cam`); two images per shown class above their reconstructions; then the relevance
-    heatmap, training curves, top-N accuracy, faithfulness and factor alignment from metrics.json.
+    heatmap, training curves, top-N accuracy, faithfulness and factor alignment from metrics.json,
+    and, when the run measured concept localisation (part masks), the change maps of each shown
+    class's most relevant concept on up to two of its images with the part's outline.
     """
     from viscoin_core.eval import RELEVANCE, load_system_and_test_split
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -489,4 +519,32 @@ def figures_for_run(run_dir: str | Path, out_dir: str | Path, n_classes_shown: i
                                              out=out_dir / "faithfulness")
     if metrics.get("factor_alignment"):
         figs["factor_alignment"] = factor_alignment_bars(metrics["factor_alignment"], out=out_dir / "factor_alignment")
+    if metrics.get("concept_localisation") and test.part_masks is not None:
+        pairs = localisation_pairs_shown(metrics["concept_localisation"]["concepts"], r_kc, shown, predicted, labels,
+                                         images_index, test)
+        if pairs:
+            rows, ks = [row for row, _ in pairs], [k for _, k in pairs]
+            info = metrics["concept_localisation"]["concepts"]
+            parts = [info[str(k)]["part"] for k in ks]
+            masks = torch.stack([torch.from_numpy(np.array(test.part_masks[row][test.part_names.index(part)]))
+                                 for row, part in zip(rows, parts)])
+            figs["localisation"] = localisation_figure(
+                system, torch.stack([test[row][0] for row in rows]).to(device), ks, masks, parts,
+                [info[str(k)]["phi_max"] for k in ks], out=out_dir / "localisation")
     return figs
+
+
+def localisation_pairs_shown(concepts: Mapping, r_kc: torch.Tensor, shown: Sequence[int], predicted: torch.Tensor,
+                             labels: torch.Tensor | None, images_index: torch.Tensor, test, per_class: int = 2) -> list:
+    """(test row, concept) pairs for the localisation figure: each shown class's most relevant concept
+    (of those metrics.json's `concept_localisation.concepts` lists, with its part and phi_max) on up
+    to `per_class` of the class's images where that part is present."""
+    pairs = []
+    for c in shown:
+        k = next((k for k in select_concepts(r_kc[c], top_k=len(r_kc[c])) if str(k) in concepts), None)
+        if k is None or not concepts[str(k)]["phi_max"]:
+            continue
+        p = test.part_names.index(concepts[str(k)]["part"])
+        rows = [int(images_index[i]) for i in best_images_of_class(predicted, labels, c, len(predicted))]
+        pairs += [(row, k) for row in rows if test.part_masks[row][p].any()][:per_class]
+    return pairs
