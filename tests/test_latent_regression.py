@@ -116,6 +116,8 @@ def test_w_plus_targets_are_style_mixed_and_w_targets_are_one_vector():
     assert V.synthetic_mix(tiny(latent_regression_weight=1.0, latent_regression_space="w"), 0,
                            tr.G.z_dim, tr.G.num_ws) is None
     assert torch.equal(first, first[:, :1].expand_as(first))   # 'w': every vector's target is the sample's w
+    with pytest.raises(ValueError, match="style mixing"):       # w+ without its mixing would silently be w
+        tr.step(x_real(cfg), z, 0)
 
 
 @pytest.mark.parametrize("space", ["w", "w+"])

@@ -240,6 +240,9 @@ class Trainer:
         """
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.cfg, iteration)
+        if len(z) and mix is None and mixes_styles(self.cfg):
+            raise ValueError("latent regression in w+ needs the synthetic samples' style mixing: pass "
+                             "mix=synthetic_mix(cfg, iteration, z_dim, num_ws)")
         x = x_real.to(self.device, non_blocking=True)
         ws_target = None
         if len(z):
