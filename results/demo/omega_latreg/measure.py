@@ -10,6 +10,10 @@ norm, in total and per iteration on average), the last logged training loss term
 evaluation on FINAL_IMAGES test images, and the latent regression error of the trained model on
 64 fresh synthetic samples (w and style-mixed w+), whether or not it was trained with it, beside
 the error of predicting G's w_avg for every sample.
+
+results.jsonl holds the four runs of docs/DISCREPANCIES.md. Their `*_last5` and
+`regression_error_constant_*` fields were added after the runs, from the same runs' logs and
+networks, by `last_losses` and `constant`, which the script has called since.
 """
 
 import json
@@ -71,6 +75,14 @@ def regression_error(system: dict, cfg: model.ViscoinConfig, space: str) -> floa
     return float(latent_regression(omega(*psi(taps)), ws))
 
 
+def last_losses(train: list[dict], n: int = 5) -> dict:
+    """Mean of the last n training records (one batch each): the total without the latent term, and that term."""
+    last = train[-n:]
+    latent = sum(r.get("latent_regression", 0.0) for r in last) / len(last)
+    return {"loss_without_latent_last5": sum(r["total"] for r in last) / len(last) - latent,
+            "latent_regression_last5": latent}
+
+
 def constant(G):
     """An 'Omega' that predicts G's w_avg for every style vector, whatever the concepts."""
     return lambda phi, phi_prime: G.mapping.w_avg.expand(phi.shape[0], G.num_ws, G.w_dim)
@@ -93,6 +105,7 @@ def measure(name: str) -> dict:
             "omega_relative_move": omega_move, "omega_relative_move_per_iteration": omega_move / cfg.iterations,
             "psi_relative_move": relative_move(psi_before, psi_after),
             "last_train_log": {k: v for k, v in train[-1].items() if k not in ("split", "lr")},
+            **last_losses(train),
             "final_eval": {k: metrics[k] for k in ("f_accuracy", "g_accuracy", "fidelity", "mse", "lpips")},
             "regression_error_w": regression_error(system, cfg, "w"),
             "regression_error_wplus": regression_error(system, cfg, "w+"),
