@@ -61,3 +61,17 @@ def test_set_overrides_read_values_as_yaml_and_name_a_bad_item(tmp_path):
     with pytest.raises(ConfigError, match="nope"):
         loop.stage_config(Toy, loop.stage_cli("toy", "t").parse_args(
             ["--params", str(params), "--run-dir", "r", "--set", "nope=1"]))
+
+
+def test_parameter_check_finds_nan_and_inf_by_name_and_ignores_an_overflowing_sum():
+    fine = [("a", torch.ones(3)), ("big", torch.full((4,), 3e38)), ("half", torch.full((10,), 6e4).half()),
+            ("steps", torch.arange(3))]
+    loop.check_finite_parameters(fine, 0)   # the float32 sum overflows to inf; every entry is finite
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        t = torch.ones(5)
+        t[2] = bad
+        with pytest.raises(loop.NonFiniteLoss, match=r"^parameter 'b' holds 1 NaN/inf values after the update of "
+                                                     r"iteration 7"):
+            loop.check_finite_parameters([*fine, ("b", t)], 7)
+    with pytest.raises(loop.NonFiniteLoss, match="'h'"):
+        loop.check_finite_parameters([("h", torch.tensor([1.0, float("nan")]).half())], 0)

@@ -89,10 +89,12 @@ def test_batches_are_a_function_of_the_iteration():
     assert sorted(indices) == sorted(list(range(5)) * 3)
 
 
-def test_resume_is_exact(cache_dir, tmp_path):
+@pytest.mark.parametrize("extra", [{}, {"latent_regression_weight": 1.0, "latent_regression_space": "w+"}],
+                         ids=["paper", "latent_regression"])
+def test_resume_is_exact(cache_dir, tmp_path, extra):
     """2 iterations from the CLI == 1 iteration, an interruption, and a resumed run (bit-identical on CPU)."""
     cfg = tiny(cache_dir, lr_schedule="code", w_bar="zeros_trainable", iterations=2, batch_real=1,
-               batch_fake=1, final_eval_images=2)
+               batch_fake=1, final_eval_images=2, **extra)
     params = tmp_path / "p.yaml"
     params.write_text("\n".join(f"{k}: {json.dumps(v)}" for k, v in to_dict(cfg).items()) + "\n")
     assert V.main(["--params", str(params), "--run-dir", str(tmp_path / "whole")]) == 0
@@ -110,6 +112,8 @@ def test_resume_is_exact(cache_dir, tmp_path):
     logs = [runs.read_jsonl(tmp_path / d / "log.jsonl") for d in ("whole", "resumed")]
     assert [r["iteration"] for r in logs[0]] == [r["iteration"] for r in logs[1]]
     assert [r.get("total") for r in logs[0]] == [r.get("total") for r in logs[1]]
+    trained = [r for r in logs[0] if r["split"] == "train"]
+    assert all(("latent_regression" in r) == bool(extra) for r in trained)   # its own logged term, only when on
     final_test = [r for r in logs[0] if r["split"] == "test"][-1]   # 2 test images of different classes
     assert final_test["identification_chance"] == 50.0 and final_test["identification_in_class_chance"] == 100.0
     for key in ("g_accuracy", "f_accuracy", "fidelity", "mse", "lpips", "fid", "lpips_backbone", "fid_features"):

@@ -197,33 +197,185 @@ def bench_classifier(args: argparse.Namespace) -> None:
               "images_per_second": round(batch / seconds, 1), "peak_mem_mb": round(peak_mem_mb(device), 1)})
 
 
-def bench_viscoin(args) -> None:
-    """One full training step: f on 2B images, Psi, Theta, Omega, G.synthesis, f on reconstructions,
-    every loss term, backward, Adam. smoke: 32 px, resnet18, small G, K = 16, B = 4 + 4. paper:
-    ResNet-50 at 256 px, StyleGAN2 paper256, K = 256, B = 8 + 8, LPIPS-VGG. Random weights
-    throughout (LPIPS-VGG with a random trunk: the same network and cost, no download)."""
-    import os
+class PartTimer:
+    """Exclusive wall-clock seconds per named part of a step: a part's time excludes the parts timed
+    inside it, so the parts add up to the timed whole. On CUDA each boundary synchronises the device
+    (the parts then cost what they would alone; the step's own time is measured without this)."""
 
+    def __init__(self, device: torch.device):
+        self.device, self.seconds, self._stack = device, {}, []
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def enter(self, name: str) -> None:
+        self._sync()
+        self._stack.append([name, time.perf_counter(), 0.0])   # name, start, seconds of inner parts
+
+    def exit(self) -> None:
+        self._sync()
+        name, start, inner = self._stack.pop()
+        elapsed = time.perf_counter() - start
+        self.seconds[name] = self.seconds.get(name, 0.0) + elapsed - inner
+        if self._stack:
+            self._stack[-1][2] += elapsed
+
+    def section(self, name: str):
+        import contextlib
+
+        @contextlib.contextmanager
+        def timed():
+            self.enter(name)
+            try:
+                yield
+            finally:
+                self.exit()
+        return timed()
+
+    def wrap(self, name: str, fn: Callable) -> Callable:
+        def timed(*args, **kwargs):
+            with self.section(name):
+                return fn(*args, **kwargs)
+        return timed
+
+    def hook(self, name: str, module: torch.nn.Module) -> list:
+        """Time `module`'s forward as `name`; returns the hook handles (remove them when done)."""
+        return [module.register_forward_pre_hook(lambda *_: self.enter(name)),
+                module.register_forward_hook(lambda *_: self.exit())]
+
+
+# the parts of a VisCoIN step, in the order they run (the names of the breakdown table)
+VISCOIN_PARTS = ("synthetic samples (G, no grad)", "f forward (taps, no grad)", "Psi", "Theta", "Omega",
+                 "G synthesis (reconstructions)", "f on reconstructions", "LPIPS", "loss terms and glue",
+                 "backward", "optimiser", "finite checks")
+
+
+def profile_viscoin_step(trainer, x_real: torch.Tensor, z: torch.Tensor, mix, iteration: int) -> dict[str, float]:
+    """Seconds per part (VISCOIN_PARTS) of one training step, run as `Trainer.step` runs it.
+
+    The trainer's own callables (`run_taps`, `run_psi`, ...) are wrapped for the forward pass only,
+    so the same code runs; the backward pass is one part (autograd runs it as one graph).
+    """
+    from viscoin_core.train import loop
+    from viscoin_core.train.viscoin import learning_rate
+
+    timer = PartTimer(trainer.device)
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = learning_rate(trainer.cfg, iteration)
+    x = x_real.to(trainer.device)
+    with timer.section("synthetic samples (G, no grad)"):
+        ws_fake = trainer.synthetic_ws(z, mix)
+        x = torch.cat([x, trainer.synthesize_fake(ws_fake)])
+    ws_target = ws_fake if trainer.cfg.latent_regression_weight > 0 else None
+    wrapped = {"run_taps": "f forward (taps, no grad)", "run_psi": "Psi", "run_synthesis": "G synthesis (reconstructions)",
+               "run_f": "f on reconstructions", "run_lpips": "LPIPS"}
+    saved = {attr: getattr(trainer, attr) for attr in wrapped}
+    handles = timer.hook("Theta", trainer.theta) + timer.hook("Omega", trainer.omega)
+    try:
+        for attr, name in wrapped.items():
+            setattr(trainer, attr, timer.wrap(name, saved[attr]))
+        with timer.section("loss terms and glue"):
+            total, terms, _ = trainer.loss(x, iteration, ws_target)
+    finally:
+        for attr, fn in saved.items():
+            setattr(trainer, attr, fn)
+        for handle in handles:
+            handle.remove()
+    with timer.section("finite checks"):
+        named = {**terms, "total": total}
+        loop.check_finite(dict(zip(named, torch.stack([v.detach().float() for v in named.values()]).tolist())),
+                          iteration)
+    with timer.section("backward"):
+        trainer.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+    with timer.section("optimiser"):
+        trainer.optimizer.step()
+    with timer.section("finite checks"):
+        loop.check_finite_parameters(((f"{k}.{n}", p) for k, m in trainer.parts.items()
+                                      for n, p in m.named_parameters()), iteration)
+    return timer.seconds
+
+
+def breakdown_table(parts: dict[str, float], step_seconds: float) -> str:
+    """A readable table of median seconds per part, their share of the parts' sum, and the timed step."""
+    total = sum(parts.values())
+    width = max(len(k) for k in parts)
+    lines = [f"{'part':<{width}}  {'ms':>8}  {'share':>6}"]
+    lines += [f"{name:<{width}}  {1000 * sec:8.1f}  {100 * sec / total:5.1f}%" for name, sec in parts.items()]
+    lines.append(f"{'sum of parts':<{width}}  {1000 * total:8.1f}")
+    lines.append(f"{'timed step (median)':<{width}}  {1000 * step_seconds:8.1f}")
+    return "\n".join(lines)
+
+
+def _profile_viscoin_setup(size: str, base: dict) -> tuple:
+    """(config, G, resolution, n_classes) of the demo or mini profile's Table 3 CUB row with random
+    weights: params/<size>/viscoin_cub.yaml, with f the ResNet of params/<size>/classifier_cub.yaml
+    and G the scratch generator of params/<size>/gan_cub.yaml (the runs that row reads its f and G from)."""
+    from viscoin_core import streams
+    from viscoin_core.config import load_config, parse_config, read_params, resolve_path
+    from viscoin_core.data import synthetic
+    from viscoin_core.model import ViscoinConfig, random_generator
+    from viscoin_core.train import gan
+
+    row = resolve_path(f"params/{size}/viscoin_cub.yaml")
+    params = read_params(row)
+    data = read_params(resolve_path(params["data"]))
+    if data["dataset"] != "toybirds":
+        raise ValueError(f"{row}: bench expects the toybirds stand-in, got {data['dataset']!r}")
+    params.update(base, f_arch=read_params(resolve_path(f"params/{size}/classifier_cub.yaml"))["arch"], data="")
+    cfg = parse_config(ViscoinConfig, params, source=str(row))
+    G_scratch, _ = gan.scratch_networks(load_config(gan.GanConfig, resolve_path(f"params/{size}/gan_cub.yaml")),
+                                        data["resolution"])
+    G = random_generator(G_scratch.init_kwargs, streams.stream_seed(cfg.seed, "viscoin.init_G"))
+    return cfg, G, data["resolution"], len(synthetic.TOYBIRD_CLASSES)
+
+
+def _fixed_viscoin_setup(paper: bool, base: dict) -> tuple:
+    """(config, G, resolution, n_classes) of the smoke or paper size (sizes written out here)."""
     from viscoin_core import streams
     from viscoin_core.config import parse_config
-    from viscoin_core.eval.metrics import build_lpips
+    from viscoin_core.model import ViscoinConfig, _random_generator_kwargs, random_generator
     from viscoin_core.nets.stylegan2 import paper256_kwargs
-    from viscoin_core.model import ViscoinConfig, _random_generator_kwargs, build_f, build_parts, random_generator
-    from viscoin_core.runs import pick_device
-    from viscoin_core.train.viscoin import Trainer, synthetic_z
 
-    device = pick_device(args.device)
-    paper = args.size == "paper"
     resolution, n_classes = (256, 200) if paper else (32, 12)
     cfg = parse_config(ViscoinConfig, dict(
-        f="random", G="random", cache_dir="unused", device=str(device), f_arch="resnet50" if paper else "resnet18",
+        base, f_arch="resnet50" if paper else "resnet18",
         n_concepts=256 if paper else 16, latent_channels=512 if paper else 32,
         coarse_layer=3 if paper else 2, mid_layer=12 if paper else 5, batch_real=8 if paper else 4,
-        batch_fake=8 if paper else 4, compile=bool(getattr(args, "compile", False)),
-        amp=getattr(args, "amp", "auto")))
-    f = build_f(cfg, n_classes)
+        batch_fake=8 if paper else 4))
     G = random_generator(paper256_kwargs()[0] if paper else _random_generator_kwargs(cfg, resolution),
                          streams.stream_seed(cfg.seed, "viscoin.init_G"))
+    return cfg, G, resolution, n_classes
+
+
+def bench_viscoin(args) -> None:
+    """One full training step: f on 2B images, Psi, Theta, Omega, G.synthesis, f on reconstructions,
+    every loss term, backward, Adam. smoke: 32 px, resnet18, small G, K = 16, B = 4 + 4. demo, mini:
+    what params/<size>/viscoin_cub.yaml trains (32 px, the ResNet-18 f and the small G of that
+    profile's Tables 1-2 rows, K = 256, latent_channels 64, B = 8 + 8, LPIPS with a random trunk).
+    paper: ResNet-50 at 256 px, StyleGAN2 paper256, K = 256, B = 8 + 8, LPIPS-VGG. Random weights
+    throughout (LPIPS-VGG with a random trunk: the same network and cost, no download).
+
+    Besides the timed step, `--steps` more steps are run part by part (`profile_viscoin_step`):
+    the record's `parts_ms` holds the median milliseconds of each part, and a table goes to stderr.
+    """
+    import os
+
+    from viscoin_core.eval.metrics import build_lpips
+    from viscoin_core.model import build_f, build_parts
+    from viscoin_core.runs import pick_device
+    from viscoin_core.train.viscoin import Trainer, synthetic_mix, synthetic_z
+
+    device = pick_device(args.device)
+    base = dict(f="random", G="random", cache_dir="unused", device=str(device),
+                compile=bool(getattr(args, "compile", False)), amp=getattr(args, "amp", "auto"))
+    if args.size in ("demo", "mini"):
+        cfg, G, resolution, n_classes = _profile_viscoin_setup(args.size, base)
+    else:
+        cfg, G, resolution, n_classes = _fixed_viscoin_setup(args.size == "paper", base)
+    f = build_f(cfg, n_classes)
+    # the paper's LPIPS-VGG and a random trunk cost the same; the CPU profiles' 'random' is also what they train
     trainer = Trainer(cfg, f, G, build_parts(cfg, f, G, n_classes), build_lpips("random"), device)
     x_real = torch.rand(cfg.batch_real, 3, resolution, resolution) * 2 - 1
     it = iter(range(10**9))
@@ -232,14 +384,22 @@ def bench_viscoin(args) -> None:
     def step():
         i = next(it)
         start = time.process_time()
-        trainer.step(x_real, synthetic_z(cfg, i, G.z_dim), i)
+        trainer.step(x_real, synthetic_z(cfg, i, G.z_dim), i, synthetic_mix(cfg, i, G.z_dim, G.num_ws))
         cpu_times.append(time.process_time() - start)
 
+    steps = max(args.steps, 1)
     load_before = os.getloadavg()[0]
-    seconds = time_steps(step, max(args.steps, 1), device, warmup=1)
+    seconds = time_steps(step, steps, device, warmup=1)
+    profiles = []
+    for _ in range(steps):
+        i = next(it)
+        profiles.append(profile_viscoin_step(trainer, x_real, synthetic_z(cfg, i, G.z_dim),
+                                             synthetic_mix(cfg, i, G.z_dim, G.num_ws), i))
+    parts = {name: statistics.median(p.get(name, 0.0) for p in profiles) for name in VISCOIN_PARTS}
     record = {"name": "viscoin", "size": args.size, "device": str(device), "batch": cfg.batch_real + cfg.batch_fake,
               "resolution": resolution, "f_arch": cfg.f_arch, "n_concepts": cfg.n_concepts,
-              "seconds_per_step": round(seconds, 3), "steps": max(args.steps, 1),
+              "latent_channels": cfg.latent_channels, "seconds_per_step": round(seconds, 4), "steps": steps,
+              "parts_ms": {k: round(1000 * v, 2) for k, v in parts.items()},
               "peak_mem_mb": round(peak_mem_mb(device), 1), "torch_threads": torch.get_num_threads(),
               "amp": "bf16" if trainer.amp else "fp32", "compile": cfg.compile}
     if device.type == "cuda":
@@ -248,8 +408,9 @@ def bench_viscoin(args) -> None:
         # On a shared machine wall time depends on the other processes; the process's CPU time
         # per step (all threads) does much less, and bounds the idle-machine time from below
         # as cpu_seconds / threads.
-        record["cpu_seconds_per_step"] = round(statistics.median(cpu_times[1:]), 3)
+        record["cpu_seconds_per_step"] = round(statistics.median(cpu_times[1:] or cpu_times), 3)
         record["load_average_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    print(breakdown_table(parts, seconds), file=sys.stderr, flush=True)
     emit(record)
 
 
@@ -348,12 +509,16 @@ BENCHMARKS: dict[str, str] = {
     "generator": "viscoin_core.bench:bench_generator",
     "eval": "viscoin_core.bench:bench_eval",
 }
+# the sizes each benchmark knows (the others read any size but 'paper' as smoke)
+SIZES: dict[str, tuple[str, ...]] = {name: ("smoke", "paper") for name in BENCHMARKS}
+SIZES["viscoin"] = ("smoke", "demo", "mini", "paper")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m viscoin_core.bench", description=__doc__)
     parser.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark to run")
-    parser.add_argument("--size", default="smoke", choices=["smoke", "paper"])
+    parser.add_argument("--size", default="smoke", choices=sorted({s for sizes in SIZES.values() for s in sizes}),
+                        help="smoke and paper for every benchmark; viscoin also demo and mini")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", default="auto", choices=["auto", "off", "bf16"],
@@ -361,6 +526,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--allocator", default="keep", choices=["keep", "default"],
                         help="CPU: 'keep' freed memory for reuse, as training does (see loop.keep_freed_memory)")
     args = parser.parse_args(argv)
+    if args.size not in SIZES[args.name]:
+        parser.error(f"--size {args.size}: benchmark {args.name!r} has sizes {list(SIZES[args.name])}")
     from viscoin_core.runs import pick_device
     from viscoin_core.train.loop import keep_freed_memory
     if pick_device(args.device).type == "cpu" and args.allocator == "keep":

@@ -5,6 +5,8 @@
       + delta * ||Phi(x)||_1                                                 sparsity
       + orthogonality(W_Psi)                                                 (kernels of Psi's last conv)
       + ||w_x - w_bar||_2^2                                                  Omega regularisation
+      [+ lambda * ||Omega(Psi(f(G(w)))) - w||^2 on the synthetic images      latent regression, not in
+                                                                             the paper; off by default]
 
 Norms are averaged over their elements (pixels, concept entries, latent coordinates) and over the
 batch, as in the authors' implementation: the published weights (beta = 3, gamma = 0.1, ...) only
@@ -22,6 +24,9 @@ import torch.nn.functional as F
 
 SPARSITY_CHOICES = ("paper", "code")
 ORTHOGONALITY_CHOICES = ("gram", "code")
+# Targets of the latent regression: "w", one w per sample repeated over its style vectors; "w+", one
+# target per style vector (the synthetic samples are drawn with style mixing, so the targets differ).
+LATENT_REGRESSION_SPACES = ("w", "w+")
 
 
 def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
@@ -92,11 +97,29 @@ def omega_regularisation(ws: torch.Tensor, w_bar: torch.Tensor) -> torch.Tensor:
     return (ws.float() - w_bar.detach().float()).square().mean()
 
 
+def latent_regression(ws_pred: torch.Tensor, ws_target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between predicted and known style vectors (B, num_ws, w_dim), averaged over
+    samples, style vectors and channels (units of W squared; 0 when equal). The target is detached:
+    it is the latent G was sampled from, not something to move."""
+    if ws_pred.shape != ws_target.shape:
+        raise ValueError(f"latent regression: prediction {tuple(ws_pred.shape)} and target "
+                         f"{tuple(ws_target.shape)} differ in shape")
+    return (ws_pred.float() - ws_target.detach().float()).square().mean()
+
+
 def viscoin_loss(*, g_logits, f_logits, x_rec, x, f_rec_logits, phi, psi_kernels, ws, w_bar, lpips_net,
                  alpha: float, beta: float, gamma: float, delta: float, orthogonality_weight: float = 1.0,
                  omega_weight: float = 1.0, sparsity_mode: str = "paper", orthogonality_mode: str = "gram",
+                 latent_weight: float = 0.0, ws_synthetic: torch.Tensor | None = None,
+                 ws_synthetic_target: torch.Tensor | None = None,
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The total loss and its weighted terms, each computed once (keys name the terms for logs and NaN reports)."""
+    """The total loss and its weighted terms, each computed once (keys name the terms for logs and NaN reports).
+
+    The latent regression term (`latent_weight` times `latent_regression` of Omega's style vectors for
+    the synthetic images, `ws_synthetic`, against the latents they were sampled from) is present only
+    when `latent_weight` > 0 and a target is given, so with it off the terms, their sum and the logs
+    are exactly the paper's.
+    """
     terms = {
         "output_fidelity": alpha * output_fidelity(g_logits, f_logits),
         "rec_l2": reconstruction_l2(x_rec, x),
@@ -107,4 +130,6 @@ def viscoin_loss(*, g_logits, f_logits, x_rec, x, f_rec_logits, phi, psi_kernels
         "orthogonality": orthogonality_weight * orthogonality(psi_kernels, orthogonality_mode),
         "omega_reg": omega_weight * omega_regularisation(ws, w_bar),
     }
+    if latent_weight > 0 and ws_synthetic_target is not None:
+        terms["latent_regression"] = latent_weight * latent_regression(ws_synthetic, ws_synthetic_target)
     return sum(terms.values()), terms

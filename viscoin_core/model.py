@@ -55,6 +55,12 @@ class ViscoinConfig:
     delta: float = param(0.2, low=0.0, help="sparsity weight")
     orthogonality_weight: float = param(1.0, low=0.0, help="weight of the orthogonality of Psi's last kernels")
     omega_reg_weight: float = param(1.0, low=0.0, help="weight of ||w_x - w_bar||^2")
+    latent_regression_weight: float = param(0.0, low=0.0, help="weight of the MSE between Omega's style vectors "
+                                            "for the synthetic images and the latents G drew them from "
+                                            "(not in the paper; 0 = off, the paper)")
+    latent_regression_space: str = param("w+", choices=losses.LATENT_REGRESSION_SPACES,
+                                         help="'w': one w per sample, no style mixing; 'w+': synthetic samples "
+                                         "style-mixed, one target per style vector (with the weight > 0 only)")
     sparsity: str = param("paper", choices=losses.SPARSITY_CHOICES, help="'paper': ||Phi||_1; 'code': the released variant")
     orthogonality: str = param("gram", choices=losses.ORTHOGONALITY_CHOICES, help="'gram': ||WW^T-I||^2; 'code': released variant")
     loss_warmup: int = param(0, low=0, help="output fidelity and sparsity start at this iteration (code: 101)")

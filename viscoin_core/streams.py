@@ -32,6 +32,10 @@ AFFINE = {
     "viscoin.epoch_order": (1_000_003, 0),    # index: epoch; the permutation of the training images
     "viscoin.augment": (2_000_003, 0),        # index: position in the sample stream; pad-crop and flip
     "viscoin.fake_z": (3_000_017, 1),         # index: iteration; the latents of the synthetic images
+    # index: iteration; the second latents and crossovers of their style mixing (latent regression in w+
+    # only). A new draw: the offset 2**40 keeps its seeds clear of fake_z's (equal at seed 0 otherwise,
+    # which would mix every sample with itself) and of every other stream of the same run
+    "viscoin.fake_mix": (5_000_011, 2**40),
     "viscoin.eval_subset": (4_000_037, 1),    # the test images of the trainer's checks
     "viscoin.kid": (0, 0),                    # KID's subsets in the trainer's final check: the same for every seed
     # classifier fine-tuning (train/classifier.py)

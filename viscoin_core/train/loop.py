@@ -120,13 +120,24 @@ def stage_config(cls: type, args: argparse.Namespace) -> Any:
 def check_finite_parameters(named: Iterable[tuple[str, torch.Tensor]], iteration: int, unit: str = "iteration") -> None:
     """Raise NonFiniteLoss when a tensor of `named` (name, tensor) holds NaN or inf, naming it.
 
-    One device sync for all tensors; names are only looked up on failure.
+    One device sync for all tensors; names are only looked up on failure. The fast test is the sum
+    of all entries: a NaN or inf entry makes it NaN or inf, and it reads each tensor once without the
+    boolean copy `isfinite` makes (measured on CPU: 3 ms instead of 69 ms for the 11.5M parameters of
+    the demo's VisCoIN, 9% of its step). A sum can also overflow with every entry finite, so a
+    non-finite sum only leads to the exact per-tensor test, and that decides.
     """
     named = [(k, t.detach()) for k, t in named if t.is_floating_point()]
-    if not named or bool(torch.stack([torch.isfinite(t).all() for _, t in named]).all()):
+    if not named or bool(torch.stack([_entry_sum(t) for _, t in named]).sum().isfinite()):
         return
     bad = [(k, int((~torch.isfinite(t)).sum())) for k, t in named if not bool(torch.isfinite(t).all())]
-    raise NonFiniteLoss(f"parameter {describe_nonfinite(bad)} after the update of {unit} {iteration}")
+    if bad:
+        raise NonFiniteLoss(f"parameter {describe_nonfinite(bad)} after the update of {unit} {iteration}")
+
+
+def _entry_sum(t: torch.Tensor) -> torch.Tensor:
+    """The sum of a tensor's entries as float32 (accumulated in float32 at least, so half tensors do
+    not overflow at 65504); NaN or inf whenever an entry is."""
+    return t.sum(dtype=torch.float32) if t.element_size() < 4 else t.sum().float()
 
 
 def stop_message(err: Exception, checkpoint: Path, saved: str | None) -> NonFiniteLoss:

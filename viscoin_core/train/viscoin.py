@@ -18,8 +18,14 @@ g_accuracy, fidelity, mse, lpips, fid, kid on the test split, plus lpips_backbon
 
 Resuming is exact on CPU: the batch of iteration i is a pure function of (seed, i) (epoch
 permutations seeded by epoch, each sample's augmentation seeded by its position in the stream), z
-is drawn from a generator seeded by (seed, i), and the checkpoint restores models, optimiser, the
-iteration and every global RNG state. The learning rate is a pure function of the iteration.
+(and, with style mixing, the second z and the crossovers) is drawn from a generator seeded by
+(seed, i), and the checkpoint restores models, optimiser, the iteration and every global RNG state.
+The learning rate is a pure function of the iteration.
+
+Latent regression (`latent_regression_weight` > 0; not in the paper, off by default): the synthetic
+images' latents are known, so Omega's style vectors for them are regressed onto the style vectors
+G drew them from. In 'w+' the synthetic samples are style-mixed (`synthetic_mix`) so that the targets
+differ between style vectors. With the weight at 0 nothing is drawn or computed for it.
 
 Speed: channels_last convolution nets, LPIPS computed once per step, reconstructions through G's
 unfused modulated convolutions (gradients reach ws only), fused Adam; on CUDA bf16 autocast
@@ -102,6 +108,28 @@ def synthetic_z(cfg: ViscoinConfig, iteration: int, z_dim: int) -> torch.Tensor:
     return torch.randn(cfg.batch_fake, z_dim, generator=gen)
 
 
+def mixes_styles(cfg: ViscoinConfig) -> bool:
+    """Whether the synthetic samples are style-mixed: only for latent regression in W+."""
+    return cfg.latent_regression_weight > 0 and cfg.latent_regression_space == "w+"
+
+
+def synthetic_mix(cfg: ViscoinConfig, iteration: int, z_dim: int, num_ws: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Iteration i's style mixing: (second latents (B_fake, z_dim), crossovers (B_fake,) int64 in
+    [1, num_ws - 1]; style vectors with index >= the crossover take the second latent's w), or None
+    when the samples are not mixed (`mixes_styles`).
+
+    As StyleGAN2's mixing, one crossover per sample, uniform over the interior indices; unlike its
+    probability 0.9, every sample is mixed, so every w+ target has two distinct halves. Its own
+    stream ('viscoin.fake_mix'), so runs without mixing draw exactly the numbers they drew before.
+    """
+    if not mixes_styles(cfg):
+        return None
+    gen = streams.generator(cfg.seed, "viscoin.fake_mix", iteration)
+    mix_z = torch.randn(cfg.batch_fake, z_dim, generator=gen)
+    crossover = torch.randint(1, max(num_ws, 2), (cfg.batch_fake,), generator=gen)
+    return mix_z, crossover
+
+
 # ---------------------------------------------------------------------------------------------
 # One training step
 
@@ -150,14 +178,33 @@ class Trainer:
         if cfg.G == "random":
             self.frozen_record["G_random"] = {"kwargs": G.init_kwargs, "state_dict": _cpu_state(G)}
 
-    def sample_fake(self, z: torch.Tensor) -> torch.Tensor:
-        """Images from G for latents z, with no graph."""
+    def synthetic_ws(self, z: torch.Tensor, mix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """The style vectors (B, num_ws, w_dim) G maps latents z to (truncated as configured), with no
+        graph; with `mix` (from `synthetic_mix`) vectors from each crossover on come from the second latent."""
         with torch.no_grad(), self.autocast:
             ws = self.G.mapping(z.to(self.device), None, truncation_psi=self.cfg.truncation_psi)
+            if mix is not None:
+                mix_z, crossover = (t.to(self.device) for t in mix)
+                ws_mix = self.G.mapping(mix_z, None, truncation_psi=self.cfg.truncation_psi)
+                later = torch.arange(ws.shape[1], device=ws.device)[None, :] >= crossover[:, None]
+                ws = torch.where(later[:, :, None], ws_mix, ws)
+            return ws
+
+    def synthesize_fake(self, ws: torch.Tensor) -> torch.Tensor:
+        """Images from G for style vectors ws, with no graph (noise drawn from the global RNG)."""
+        with torch.no_grad(), self.autocast:
             return self.run_synthesis(ws, noise_mode="random").float()
 
-    def loss(self, x: torch.Tensor, iteration: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
-        """The total loss on a batch x in [-1, 1] and its terms, and the tensors the metrics need."""
+    def sample_fake(self, z: torch.Tensor, mix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Images from G for latents z (style-mixed with `mix`), with no graph."""
+        return self.synthesize_fake(self.synthetic_ws(z, mix))
+
+    def loss(self, x: torch.Tensor, iteration: int, ws_target: torch.Tensor | None = None,
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
+        """The total loss on a batch x in [-1, 1] and its terms, and the tensors the metrics need.
+
+        `ws_target` (B_fake, num_ws, w_dim): the style vectors the last B_fake images of x were drawn
+        from; with latent_regression_weight > 0 Omega's style vectors for them regress onto it."""
         cfg = self.cfg
         x = x.contiguous(memory_format=torch.channels_last)
         with self.autocast:
@@ -178,21 +225,31 @@ class Trainer:
                 lpips_net=lambda a, b: lpips_per_image,
                 alpha=cfg.alpha if warm else 0.0, beta=cfg.beta, gamma=cfg.gamma, delta=cfg.delta if warm else 0.0,
                 orthogonality_weight=cfg.orthogonality_weight, omega_weight=cfg.omega_reg_weight,
-                sparsity_mode=cfg.sparsity, orthogonality_mode=cfg.orthogonality)
+                sparsity_mode=cfg.sparsity, orthogonality_mode=cfg.orthogonality,
+                latent_weight=cfg.latent_regression_weight, ws_synthetic_target=ws_target,
+                ws_synthetic=None if ws_target is None else ws[len(ws) - len(ws_target):])
         return total, terms, {"f_logits": f_logits, "g_logits": g_logits, "x_rec": x_rec, "lpips": lpips_per_image}
 
-    def step(self, x_real: torch.Tensor, z: torch.Tensor, iteration: int) -> dict[str, float]:
-        """One optimiser step on B real + B synthetic images; returns the loss terms as floats.
+    def step(self, x_real: torch.Tensor, z: torch.Tensor, iteration: int,
+             mix: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
+        """One optimiser step on B real + B synthetic images (latents z, style-mixed with `mix`);
+        returns the loss terms as floats.
 
         Raises NonFiniteLoss (before touching the parameters) when a term is NaN or inf, and after the
         update when it left a parameter NaN or inf (the caller then writes no checkpoint).
         """
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.cfg, iteration)
+        if len(z) and mix is None and mixes_styles(self.cfg):
+            raise ValueError("latent regression in w+ needs the synthetic samples' style mixing: pass "
+                             "mix=synthetic_mix(cfg, iteration, z_dim, num_ws)")
         x = x_real.to(self.device, non_blocking=True)
+        ws_target = None
         if len(z):
-            x = torch.cat([x, self.sample_fake(z)])
-        total, terms, _ = self.loss(x, iteration)
+            ws_fake = self.synthetic_ws(z, mix)
+            x = torch.cat([x, self.synthesize_fake(ws_fake)])
+            ws_target = ws_fake if self.cfg.latent_regression_weight > 0 else None
+        total, terms, _ = self.loss(x, iteration, ws_target)
         named = {**terms, "total": total}   # terms first, so a NaN is reported by the term that made it
         values = torch.stack([v.detach().float() for v in named.values()]).tolist()  # one device sync
         loop.check_finite(dict(zip(named, values)), iteration)
@@ -330,8 +387,9 @@ def train_viscoin(config: ViscoinConfig | Mapping[str, Any] | str | Path, run_di
     tic = time.perf_counter()
     for it, (x_real, _) in enumerate(loader, start=start):
         z = synthetic_z(cfg, it, trainer.G.z_dim)
+        mix = synthetic_mix(cfg, it, trainer.G.z_dim, trainer.G.num_ws)
         try:
-            terms = trainer.step(x_real, z, it)
+            terms = trainer.step(x_real, z, it, mix)
         except loop.NonFiniteLoss as err:
             # nothing is written: the checkpoint on disk is the last finite state
             raise loop.stop_message(err, run_dir / runs.CHECKPOINT, saved) from None

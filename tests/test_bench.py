@@ -1,0 +1,27 @@
+"""Benchmarks: the VisCoIN step at the demo size runs, prints its step time and where it goes."""
+
+import json
+
+import pytest
+
+from viscoin_core import bench
+
+
+def test_viscoin_demo_step_prints_a_step_time_and_its_parts(capsys):
+    bench.main(["viscoin", "--size", "demo", "--steps", "1", "--device", "cpu", "--allocator", "default"])
+    out, err = capsys.readouterr()
+    record = json.loads(out.strip().splitlines()[-1])
+    assert record["name"] == "viscoin" and record["size"] == "demo"
+    assert record["seconds_per_step"] > 0
+    # the demo's Table 3 row: 32 px, ResNet-18, K = 256, latent_channels 64, 8 + 8 images
+    assert (record["resolution"], record["f_arch"], record["n_concepts"], record["latent_channels"],
+            record["batch"]) == (32, "resnet18", 256, 64, 16)
+    assert list(record["parts_ms"]) == list(bench.VISCOIN_PARTS)
+    assert all(v >= 0 for v in record["parts_ms"].values()) and record["parts_ms"]["backward"] > 0
+    assert "timed step (median)" in err and "LPIPS" in err   # the readable table, on stderr
+
+
+def test_a_size_a_benchmark_does_not_know_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["gan", "--size", "demo"])
+    assert exit_.value.code == 2 and "'gan' has sizes ['smoke', 'paper']" in capsys.readouterr().err
