@@ -102,7 +102,7 @@ def paper_configs(cls: type) -> list[tuple[str, str, object]]:
 
 def test_every_paper_viscoin_row_evaluates_every_test_image_and_every_concept():
     rows = paper_configs(ViscoinConfig)
-    assert len(rows) == 15   # Table 3: 1 row, Tables 4-7: 3 + 2 + 5 + 4
+    assert len(rows) == 16   # Table 3: 2 rows (study settings, variants), Tables 4-7: 3 + 2 + 5 + 4
     for table, row, cfg in rows:
         assert (cfg.eval_images, cfg.consistency_concepts, cfg.final_eval_images) == (None, None, 0), (table, row)
         assert (cfg.lpips_backbone, cfg.fid_features) == ("vgg", "inception"), (table, row)
@@ -182,3 +182,24 @@ def test_a_rehearsal_row_is_its_paper_row_with_only_budgets_and_inputs_changed(p
              "viscoin": ("data", "f", "G")}[path.stem.split("_")[0]]
     for key in reads:
         assert "rehearsal" in rehearsal[key], (key, rehearsal[key])
+
+
+VARIANTS = {"omega_lr_multiplier": (0.01, 1.0), "latent_regression_weight": (0.0, 1.0)}   # (the paper's, the variant's)
+
+
+@pytest.mark.parametrize("profile", ["paper", "rehearsal", "demo", "mini"])
+def test_the_variants_are_on_in_table3s_variants_row_only(profile):
+    # A reader compares Table 3's two rows: they differ in the variants and nothing else, and every
+    # other row of the profile keeps the paper's values.
+    runs = [run for name in batch.NUMBERED_TABLES for run in batch.plan(name, profile)
+            if batch.config_class(run.notebook.stem) is ViscoinConfig]
+    variants = [run for run in runs if run.params_file.name == "viscoin_cub_variants.yaml"]
+    assert len(variants) == 1 and variants[0].table == "table3"
+    row = to_dict(load_config(ViscoinConfig, variants[0].params_file))
+    base = to_dict(load_config(ViscoinConfig, variants[0].params_file.with_name("viscoin_cub.yaml")))
+    assert {k for k in row if row[k] != base[k]} == set(VARIANTS)
+    assert {k: row[k] for k in VARIANTS} == {k: v for k, (_, v) in VARIANTS.items()}
+    for run in runs:
+        if run not in variants:
+            cfg = load_config(ViscoinConfig, run.params_file)
+            assert {k: getattr(cfg, k) for k in VARIANTS} == {k: v for k, (v, _) in VARIANTS.items()}, run.params_file
