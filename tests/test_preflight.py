@@ -89,6 +89,15 @@ def test_step_times_give_hours(project, tmp_path):
     assert any("100000 steps, 10.0 h" in line for line in plan)   # 1e5 x 0.36 s = 10 h
 
 
+def test_step_times_of_another_bench_size_are_not_read(tmp_path):
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text('{"name": "viscoin", "size": "paper", "seconds_per_step": 18.2}\n'
+                     '{"name": "viscoin", "size": "demo", "seconds_per_step": 0.76}\n')
+    assert preflight.read_step_times(bench, "paper") == {"viscoin": 18.2}
+    assert preflight.read_step_times(bench, "rehearsal") == {"viscoin": 18.2}
+    assert preflight.read_step_times(bench, "demo") == {"viscoin": 0.76}
+
+
 def test_the_batch_refuses_to_start_when_anything_is_missing(project):
     with pytest.raises(ConfigError, match="raw/CUB_200_2011") as err:
         batch.run_tables(["table1"], "paper", root=project)

@@ -349,7 +349,7 @@ def check_main(names: list[str], profile: str, seeds: int | None, step_times: st
     from viscoin_core.preflight import read_step_times
     root = repo_root()
     runs = [run for name in names if name != "table8" for run in plan(name, profile, seeds, root=root)]
-    problems, lines = preflight_check(runs, profile, root, read_step_times(step_times))
+    problems, lines = preflight_check(runs, profile, root, read_step_times(step_times, profile))
     print(f"plan for {' '.join(names)} --profile {profile}:\n  " + "\n  ".join(lines))
     if problems:
         print(f"\n{len(problems)} problem(s):\n  " + "\n  ".join(problems), file=sys.stderr)

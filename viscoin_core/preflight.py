@@ -137,15 +137,20 @@ def steps_of(stage: str, config: Any) -> float | None:
     return None
 
 
-def read_step_times(path: str | Path | None) -> dict[str, float]:
-    """Seconds per step by bench name ('viscoin', 'gan', 'classifier') from `bench` JSON lines."""
+BENCH_SIZE_OF_PROFILE = {"paper": "paper", "rehearsal": "paper", "demo": "demo", "mini": "mini", "smoke": "smoke"}
+
+
+def read_step_times(path: str | Path | None, profile: str = "paper") -> dict[str, float]:
+    """Seconds per step by bench name ('viscoin', 'gan', 'classifier') from `bench` JSON lines, of
+    the bench size that matches `profile` (a demo step is no estimate of a paper row)."""
     if not path:
         return {}
+    size = BENCH_SIZE_OF_PROFILE.get(profile, profile)
     times = {}
     for line in Path(path).read_text().splitlines():
         if line.strip().startswith("{"):
             record = json.loads(line)
-            if "seconds_per_step" in record:
+            if "seconds_per_step" in record and record.get("size", size) == size:
                 times[record["name"]] = float(record["seconds_per_step"])
     return times
 
