@@ -7,8 +7,10 @@ nothing reads the committed pretrained/ directory.
 import argparse
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from viscoin_core import pretrained, runs
 from viscoin_core.config import ConfigError
@@ -52,6 +54,10 @@ def finished_runs(root, monkeypatch):
     stylegan2.save_generator(small_G(), dirs["g"] / "G.pt")
     stylegan2.save_discriminator(small_D(), dirs["g"] / "D.pt")
     runs.write_metrics(dirs["g"], {"kimg": 100.0, "fid": 12.0, "precision": 0.7, "recall": 0.4})
+    for name in ("reals.png", "samples_kimg00100.00.png"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(dirs["g"] / name)
+    runs.append_jsonl(dirs["g"] / "log.jsonl", {"event": "snapshot", "kimg": 100.0, "fid": 12.0,
+                                                "precision": 0.7, "recall": 0.4, "fid_features": "classifier"})
     monkeypatch.setattr(pretrained, "run_dir", lambda stand_in, stage: dirs[stage])
     return dirs, f
 
@@ -81,6 +87,7 @@ def test_export_writes_float16_weights_that_load_and_agree(root, monkeypatch):
         assert entry["commit"] == "abc123" and "make pretrained" in entry["made_by"]
     assert manifest["toybirds/f.pt"]["metrics"]["test_accuracy"] == 97.5
     assert manifest["toybirds/G.pt"]["budget"] == {"kimg": 100.0}
+    assert (out / "samples.png").exists()   # the G's samples beside its training images
 
 
 def test_the_manifest_refuses_weights_over_the_budget(root, monkeypatch):

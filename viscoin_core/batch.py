@@ -341,7 +341,20 @@ def run_figures(profile: str, root: Path | None = None) -> Path:
                                            "out_dir": str(out_dir.relative_to(root))},
                                cwd=str(root / "notebooks"), progress_bar=False, kernel_name="python3",
                                extra_arguments=QUIET_KERNEL)
+    generator_figures(profile, out_dir, root)
     return out_dir
+
+
+def generator_figures(profile: str, out_dir: Path, root: Path) -> list[Path]:
+    """g_samples_<row>.png per finished Table 2 row: its training images beside G's last samples."""
+    from viscoin_core.viz.training import samples_beside_reals
+    written = []
+    for run in plan("table2", profile, root=root):
+        if (run.run_dir / "reals.png").exists():
+            out = out_dir / f"g_samples_{run.params_file.stem}.png"
+            samples_beside_reals(run.run_dir, run.label, out=out)
+            written.append(out)
+    return written
 
 
 def check_main(names: list[str], profile: str, seeds: int | None, step_times: str | None) -> int:

@@ -9,7 +9,8 @@ Each network trains in runs/pretrained/<stage>/<params stem>/seed0, and each tra
 after an interruption. Then the weights are exported in float16 to pretrained/<stand-in>/{f,G,D}.pt,
 in the formats `nets.classifier.load_classifier` and `nets.stylegan2.load_network` read
 (weights only). pretrained/MANIFEST.json says how each file was made: command, commit, epochs or
-kimg, metrics, size and sha256.
+kimg, metrics, size and sha256; pretrained/<stand-in>/samples.png shows the G's samples beside
+its training images.
 
     python -m viscoin_core.pretrained [--stand-in toybirds] [--train-only | --export-only]
 """
@@ -90,6 +91,8 @@ def export(stand_in: str) -> dict:
                 "commit": config.get("git_commit") or runs.git_commit(), "run_dir": str(source_dir.relative_to(repo_root())),
                 "budget": {"epochs": metrics.get("epochs")} if stage == "f" else {"kimg": metrics.get("kimg")},
                 "metrics": summary_metrics(stage, metrics)}
+    from viscoin_core.viz.training import samples_beside_reals
+    samples_beside_reals(run_dir(stand_in, "g"), f"{stand_in}: the pretrained G", out=out / "samples.png")
     return entries
 
 

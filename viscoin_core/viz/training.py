@@ -123,3 +123,21 @@ def gan_curves(run_dir: str | Path) -> Figure:
 def sample_grids(run_dir: str | Path) -> list[Path]:
     """The run's sample grids, in order of kimg."""
     return sorted(Path(run_dir).glob("samples_kimg*.png"))
+
+
+def samples_beside_reals(run_dir: str | Path, title: str, out: str | Path | None = None) -> Figure:
+    """The run's training images (reals.png) beside its last sample grid, titled with the last
+    snapshot's FID, precision and recall: does G draw what it was trained on? Saved as `out`.png."""
+    run_dir = Path(run_dir)
+    grids = sample_grids(run_dir)
+    if not grids or not (run_dir / "reals.png").exists():
+        raise FileNotFoundError(f"{run_dir} holds no reals.png and sample grid (run the G stage first)")
+    snaps = [r for r in read_jsonl(run_dir / "log.jsonl") if r.get("event") == "snapshot" and "fid" in r]
+    last = snaps[-1] if snaps else {}
+    scores = ", ".join(f"{k} {last[k]:.3g}" for k in ("fid", "precision", "recall") if isinstance(last.get(k), float))
+    fig = show_images([run_dir / "reals.png", grids[-1]],
+                      ["training images", f"G's samples at {grids[-1].stem.removeprefix('samples_')}"])
+    fig.suptitle(title + (f" ({scores}; {last.get('fid_features')} features)" if scores else ""), fontsize=10)
+    if out is not None:
+        fig.savefig(Path(out).with_suffix(".png"), dpi=120)
+    return fig
