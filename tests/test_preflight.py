@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     """A copy of the repository's params and notebooks, an empty torch hub cache, no GPU, ample disk."""
-    for folder in ("params", "notebooks"):
+    for folder in ("params", "notebooks", "pretrained"):
         shutil.copytree(ROOT / folder, tmp_path / folder)
     hub = tmp_path / "hub"
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
@@ -63,6 +63,13 @@ def test_a_prepared_input_or_an_earlier_row_clears_its_line(project):
 
 def test_the_demo_profile_is_ready_and_asks_for_no_download_or_gpu(project):
     assert check(project, list(batch.NUMBERED_TABLES), "demo") == []
+
+
+def test_missing_pretrained_stand_ins_are_named_with_make_pretrained(project):
+    shutil.rmtree(project / "pretrained")
+    problems = check(project, ["table1", "table2"], "demo")
+    assert len(problems) == 4 and all("make pretrained" in p for p in problems)
+    assert {p.split(" = ")[1].split(" ")[0] for p in problems} == {"pretrained/toybirds", "pretrained/toytissue"}
 
 
 def test_too_little_disk_is_a_problem(project, monkeypatch):

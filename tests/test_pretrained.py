@@ -27,8 +27,7 @@ def root(tmp_path, monkeypatch):
     """A repository root whose pretrained/ directory the hints point at."""
     monkeypatch.setattr(runs, "repo_root", lambda: tmp_path)
     monkeypatch.setattr(pretrained, "repo_root", lambda: tmp_path)
-    (tmp_path / "pretrained" / "toybirds").mkdir(parents=True)
-    return tmp_path
+    return tmp_path   # pretrained/ itself is made by what writes into it
 
 
 def small_G(resolution=32):
@@ -104,15 +103,21 @@ def write_f(path, arch="resnet10", n_classes=4):
     save_classifier(build_classifier(arch, n_classes=n_classes), path, NAMES[:n_classes])
 
 
+def pretrained_dir(root):
+    out = root / "pretrained" / "toybirds"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def test_a_missing_pretrained_f_names_the_file_and_make_pretrained(root):
-    path = root / "pretrained" / "toybirds" / "f.pt"
+    path = pretrained_dir(root) / "f.pt"
     with pytest.raises(ConfigError, match="make pretrained") as err:
         build_f(f_config(path), 4, NAMES)
     assert str(path) in str(err.value)
 
 
 def test_a_truncated_pretrained_f_is_refused_by_name(root):
-    path = root / "pretrained" / "toybirds" / "f.pt"
+    path = pretrained_dir(root) / "f.pt"
     write_f(path)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(ConfigError, match="make pretrained") as err:
@@ -121,14 +126,14 @@ def test_a_truncated_pretrained_f_is_refused_by_name(root):
 
 
 def test_a_pretrained_f_of_another_architecture_is_refused(root):
-    path = root / "pretrained" / "toybirds" / "f.pt"
+    path = pretrained_dir(root) / "f.pt"
     write_f(path, arch="resnet18")
     with pytest.raises(ConfigError, match=r"holds a resnet18, but 'arch' = 'resnet10'.*make pretrained"):
         build_f(f_config(path), 4, NAMES)
 
 
 def test_a_pretrained_file_that_is_not_weights_only_is_never_unpickled(root):
-    path = root / "pretrained" / "toybirds" / "f.pt"
+    path = pretrained_dir(root) / "f.pt"
     torch.save({"kwargs": argparse.Namespace(arch="resnet10"), "state_dict": {}}, path)
     with pytest.raises(ConfigError, match="weights_only.*make pretrained") as err:
         build_f(f_config(path), 4, NAMES)
@@ -148,7 +153,7 @@ def g_config(start):
 
 
 def test_a_pretrained_G_of_another_resolution_is_refused(root):
-    out = root / "pretrained" / "toybirds"
+    out = pretrained_dir(root)
     stylegan2.save_generator(small_G(16), out / "G.pt")
     stylegan2.save_discriminator(small_D(16), out / "D.pt")
     with pytest.raises(ConfigError, match=r"16 px.*32 px.*make pretrained"):
@@ -156,7 +161,7 @@ def test_a_pretrained_G_of_another_resolution_is_refused(root):
 
 
 def test_a_truncated_or_missing_pretrained_G_is_refused_by_name(root):
-    out = root / "pretrained" / "toybirds"
+    out = pretrained_dir(root)
     with pytest.raises(ConfigError, match="make pretrained"):
         start_networks(g_config(out / "G.pt"), resolution=32)
     stylegan2.save_generator(small_G(), out / "G.pt")
@@ -167,7 +172,7 @@ def test_a_truncated_or_missing_pretrained_G_is_refused_by_name(root):
 
 
 def test_a_good_pretrained_G_and_D_start_a_run(root):
-    out = root / "pretrained" / "toybirds"
+    out = pretrained_dir(root)
     stylegan2.save_generator(small_G(), out / "G.pt")
     stylegan2.save_discriminator(small_D(), out / "D.pt")
     G, D, G_ema = start_networks(g_config(out), resolution=32)

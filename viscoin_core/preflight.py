@@ -18,6 +18,7 @@ import torch
 
 from viscoin_core.config import ConfigError, repo_root, resolve_path
 from viscoin_core.eval.metrics import INCEPTION_WEIGHTS, VGG16_WEIGHTS
+from viscoin_core.runs import rebuild_hint
 
 SYNTHETIC = ("toybirds", "toytissue")
 # Images of each real dataset (both splits), to size its cache before it exists.
@@ -100,6 +101,8 @@ def path_problem(key: str, value: str | None, runs: list, root: Path) -> str | N
                 f"{Path(value).parent} (README 'The real data' step 3)")
     if path.suffix in (".yaml", ".yml"):   # an FID classifier named by its file is trained when missing
         return None if path.is_file() else f"'{key}' = {value}: no such parameter file"
+    if rebuild_hint(path, root):
+        return f"'{key}' = {value} is missing: it is a pretrained stand-in network, rebuild it with `make pretrained`"
     return f"'{key}' = {value} is missing and no planned row makes it (run the table that trains it first)"
 
 

@@ -64,6 +64,7 @@ def half(state: dict) -> dict:
 def export_file(source: Path, target: Path) -> None:
     """Copy a classifier or native StyleGAN2 checkpoint with its weights in float16."""
     record = runs.load_torch(source)
+    target.parent.mkdir(parents=True, exist_ok=True)
     runs.save_atomic({**record, "state_dict": half(record["state_dict"])}, target, finite=True)
 
 

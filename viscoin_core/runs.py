@@ -213,10 +213,11 @@ class CheckpointError(ValueError):
 PRETRAINED_DIR = "pretrained"   # the stand-ins' committed networks (viscoin_core.pretrained writes them)
 
 
-def rebuild_hint(path: str | Path) -> str:
-    """What to add to an error about `path` when it is one of the pretrained stand-ins: how to rebuild it."""
+def rebuild_hint(path: str | Path, root: str | Path | None = None) -> str:
+    """What to add to an error about `path` when it is one of the pretrained stand-ins (under
+    `root`/pretrained, the repository's by default): how to rebuild it."""
     try:
-        Path(path).resolve().relative_to((repo_root() / PRETRAINED_DIR).resolve())
+        Path(path).resolve().relative_to((Path(root or repo_root()) / PRETRAINED_DIR).resolve())
     except ValueError:
         return ""
     return f"; {path} is a pretrained stand-in network: rebuild it with `make pretrained`"
