@@ -13,9 +13,9 @@ def test_viscoin_demo_step_prints_a_step_time_and_its_parts(capsys):
     record = json.loads(out.strip().splitlines()[-1])
     assert record["name"] == "viscoin" and record["size"] == "demo"
     assert record["seconds_per_step"] > 0
-    # the demo's Table 3 row: 32 px, ResNet-18, K = 256, latent_channels 64, 8 + 8 images
+    # the demo's Table 3 row: 32 px, ResNet-10 (the pretrained stand-in f's), K = 256, latent_channels 64, 8 + 8 images
     assert (record["resolution"], record["f_arch"], record["n_concepts"], record["latent_channels"],
-            record["batch"]) == (32, "resnet18", 256, 64, 16)
+            record["batch"]) == (32, "resnet10", 256, 64, 16)
     assert list(record["parts_ms"]) == list(bench.VISCOIN_PARTS)
     assert all(v >= 0 for v in record["parts_ms"].values()) and record["parts_ms"]["backward"] > 0
     assert "timed step (median)" in err and "LPIPS" in err   # the readable table, on stderr

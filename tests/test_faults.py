@@ -316,8 +316,10 @@ def test_real_full_tmpfs_cache_and_checkpoint(data, small_tmpfs, tmp_path, monke
                          env=CHILD_ENV, capture_output=True, text=True, timeout=120)
     assert out.returncode == 1, out.stderr[-2000:]      # not -7 (SIGBUS)
     [line] = out.stderr.strip().splitlines()
-    assert re.fullmatch(rf"error: no space left on device: {re.escape(str(small_tmpfs / 'cache'))} needs 1\.8 MB "
-                        r"for the train images \(\d+\.\d MB free\); the partial cache was removed", line), line
+    # 1.8 MB of 160 px images and 2.9 MB of their five part masks (one byte per pixel each)
+    assert re.fullmatch(rf"error: no space left on device: {re.escape(str(small_tmpfs / 'cache'))} needs 4\.7 MB "
+                        r"for the train images and their part masks \(\d+\.\d MB free\); the partial cache was "
+                        r"removed", line), line
     assert list((small_tmpfs / "cache").iterdir()) == []
     monkeypatch.setattr(P, "require_space", lambda *args: None)    # write until the tmpfs is full
     with pytest.raises(runs.NoSpaceLeft, match=r"needs 1\.8 MB for the train images.*partial cache was removed"):

@@ -352,7 +352,7 @@ def _fixed_viscoin_setup(paper: bool, base: dict) -> tuple:
 def bench_viscoin(args) -> None:
     """One full training step: f on 2B images, Psi, Theta, Omega, G.synthesis, f on reconstructions,
     every loss term, backward, Adam. smoke: 32 px, resnet18, small G, K = 16, B = 4 + 4. demo, mini:
-    what params/<size>/viscoin_cub.yaml trains (32 px, the ResNet-18 f and the small G of that
+    what params/<size>/viscoin_cub.yaml trains (32 px, the f architecture and the small G of that
     profile's Tables 1-2 rows, K = 256, latent_channels 64, B = 8 + 8, LPIPS with a random trunk).
     paper: ResNet-50 at 256 px, StyleGAN2 paper256, K = 256, B = 8 + 8, LPIPS-VGG. Random weights
     throughout (LPIPS-VGG with a random trunk: the same network and cost, no download).

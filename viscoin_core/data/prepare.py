@@ -164,7 +164,8 @@ def write_split(config: DataConfig, raw: RawDataset, split: str, cache_dir: Path
     compact = array_path(cache_dir, split, "images.compact.tmp")
     final = array_path(cache_dir, split, "images")
     masks_bytes = len(jobs) * len(raw.part_names or ()) * res * res   # bool part masks, one byte per pixel
-    require_space(cache_dir, int(np.prod(shape)) + masks_bytes, f"the {split} images")
+    require_space(cache_dir, int(np.prod(shape)) + masks_bytes,
+                  f"the {split} images" + (" and their part masks" if masks_bytes else ""))
     ok = np.zeros(len(jobs), dtype=bool)
     rejected, converted = [], []
     try:
