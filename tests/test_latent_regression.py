@@ -5,9 +5,9 @@ import torch
 
 from viscoin_core import losses, model
 from viscoin_core.config import ConfigError, load_config
-from viscoin_core.eval.metrics import build_lpips
 from viscoin_core.nets.viscoin import ConceptTranslator
 from viscoin_core.train import viscoin as V
+from test_viscoin_train import make_trainer   # a Trainer on random f and G, no data
 
 
 def tiny(**kw):
@@ -17,12 +17,6 @@ def tiny(**kw):
                   fid_features="classifier", lr=1e-3, device="cpu")
     params.update(kw)
     return model.as_config(params)
-
-
-def make_trainer(cfg, n_classes=12):
-    f = model.build_f(cfg, n_classes)
-    G = model.build_G(cfg, 32)
-    return V.Trainer(cfg, f, G, model.build_parts(cfg, f, G, n_classes), build_lpips("random"), torch.device("cpu"))
 
 
 def x_real(cfg):
