@@ -23,7 +23,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 
 from viscoin_core import runs
 from viscoin_core.config import ConfigError, load_config, repo_root
@@ -105,13 +104,15 @@ def summary_metrics(stage: str, metrics: dict) -> dict:
 
 
 def write_manifest(entries: dict) -> Path:
-    """Merge `entries` into pretrained/MANIFEST.json and check the directory's size budget."""
+    """Merge `entries` into pretrained/MANIFEST.json and check the directory's size budget (every
+    file in it: weights, sample sheets, the manifest)."""
     path = repo_root() / OUT_DIR / MANIFEST
     manifest = json.loads(path.read_text()) if path.exists() else {}
     manifest.update(entries)
-    total = sum(e["bytes"] for e in manifest.values())
+    on_disk = sum(p.stat().st_size for p in path.parent.rglob("*") if p.is_file() and p != path)
+    total = max(on_disk, sum(e["bytes"] for e in manifest.values()))
     if total > BUDGET_BYTES:
-        raise ConfigError(f"{path.parent}: {total / 1e6:.1f} MB of weights, over the {BUDGET_BYTES / 1e6:.0f} MB budget")
+        raise ConfigError(f"{path.parent}: {total / 1e6:.1f} MB, over the {BUDGET_BYTES / 1e6:.0f} MB budget")
     runs.write_bytes_atomic(path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     return path
 

@@ -310,12 +310,17 @@ def concept_pool(system: System, images, n_images: int | None = None, batch_size
 def _edited_features(system: System, cp: ConceptPool, rows: torch.Tensor, k: int, value: float,
                      batch_size: int) -> torch.Tensor:
     """f's pooled layer2 features of G(Omega(phi with phi_k := value everywhere, Phi'))."""
-    feats = []
-    for chunk in rows.split(batch_size):
-        phi = cp.phi[chunk].clone()
-        phi[:, k] = value
-        feats.append(system.layer2_features(system.reconstruct(phi, cp.phi_prime[chunk])).cpu())
+    feats = [system.layer2_features(edited(system, cp.phi[chunk], cp.phi_prime[chunk], k, value)).cpu()
+             for chunk in rows.split(batch_size)]
     return torch.cat(feats)
+
+
+def edited(system: System, phi: torch.Tensor, phi_prime: torch.Tensor, k: int, value: float) -> torch.Tensor:
+    """x~ with concept k's whole map set to `value` (phi_k := value everywhere; Phi' and the other
+    concepts unchanged): G(Omega(phi, Phi')), (B, 3, H, W) in [-1, 1]. Consistency's edit."""
+    phi = phi.clone()
+    phi[:, k] = value
+    return system.reconstruct(phi, phi_prime)
 
 
 def consistency(system: System, train: ConceptPool, test: ConceptPool, r_kc: torch.Tensor,
@@ -433,11 +438,25 @@ def attribute_alignment(trained: torch.Tensor, untrained: torch.Tensor, attribut
 LOCALISATION_LAMBDA = 4.0   # the strongest amplification the figures show (viz.figures.LAMBDAS)
 
 
+def select_concepts(r_kc_row: torch.Tensor, threshold: float | None = 0.5, top_k: int | None = None) -> list[int]:
+    """The concepts of one class by relevance: r_{k,c} > threshold, or the `top_k` largest (then by r).
+
+    With both given, top_k wins; the result is ordered by decreasing relevance.
+    """
+    row = torch.nan_to_num(torch.as_tensor(r_kc_row).float(), nan=-np.inf)
+    order = row.argsort(descending=True)
+    if top_k is not None:
+        return order[:top_k].tolist()
+    if threshold is None:
+        raise ValueError("give a relevance threshold or top_k")
+    return [int(k) for k in order if row[k] > threshold]
+
+
 def top_concepts(r_kc: torch.Tensor, top_k: int = 3) -> dict[int, list[int]]:
     """{c: the `top_k` concepts of largest r_{k,c}, most relevant first} for every class g predicts
-    (the rows of r_kc without NaN); the same order as `viz.figures.select_concepts(top_k=...)`."""
+    (the rows of r_kc without NaN), as the figures choose them (`select_concepts`)."""
     rows = ~torch.isnan(r_kc).any(dim=1)
-    return {int(c): r_kc[c].argsort(descending=True)[:top_k].tolist() for c in rows.nonzero().flatten()}
+    return {int(c): select_concepts(r_kc[c], top_k=top_k) for c in rows.nonzero().flatten()}
 
 
 def factor_parts(part_factors: dict[str, Sequence[str]]) -> dict[str, str]:
@@ -467,14 +486,11 @@ def change_maps(system: System, phi: torch.Tensor, phi_prime: torch.Tensor, k: i
     """|x~(lam) - x~(0)| summed over RGB, (B, H, W) in [0, 6] (images are [-1, 1]).
 
     x~(lam) regenerates each image with its whole map phi_k := lam * phi_max (consistency's edit,
-    `_edited_features`, not the figures' phi_k x lam), Phi' and the other concepts unchanged, so
+    `edited`, not the figures' phi_k x lam), Phi' and the other concepts unchanged, so
     the map does not depend on how strongly the image itself shows concept k.
     """
-    def edited(value: float) -> torch.Tensor:
-        out = phi.clone()
-        out[:, k] = value
-        return system.reconstruct(out, phi_prime).float()
-    return (edited(lam * phi_max) - edited(0.0)).abs().sum(dim=1)
+    on, off = (edited(system, phi, phi_prime, k, value).float() for value in (lam * phi_max, 0.0))
+    return (on - off).abs().sum(dim=1)
 
 
 def localisation(change: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

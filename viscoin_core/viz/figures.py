@@ -21,7 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from viscoin_core.eval.concepts import LOCALISATION_LAMBDA, System, change_maps, localisation, pool
+from viscoin_core.eval.concepts import (LOCALISATION_LAMBDA, System, change_maps, localisation, pool,
+                                        select_concepts)
 
 LAMBDAS = (0.0, 1.0, 2.0, 4.0)
 
@@ -60,20 +61,6 @@ def _show(ax, image: torch.Tensor, title: str | None = None) -> None:
     ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize=8)
-
-
-def select_concepts(r_kc_row: torch.Tensor, threshold: float | None = 0.5, top_k: int | None = None) -> list[int]:
-    """The concepts of one class by relevance: r_{k,c} > threshold, or the `top_k` largest (then by r).
-
-    With both given, top_k wins; the result is ordered by decreasing relevance.
-    """
-    row = torch.nan_to_num(torch.as_tensor(r_kc_row).float(), nan=-np.inf)
-    order = row.argsort(descending=True)
-    if top_k is not None:
-        return order[:top_k].tolist()
-    if threshold is None:
-        raise ValueError("give a relevance threshold or top_k")
-    return [int(k) for k in order if row[k] > threshold]
 
 
 @torch.no_grad()
