@@ -1,7 +1,7 @@
 """The package's layer order, read from the imports: a module imports only from its own layer or below.
 
     config -> runs, streams, cli -> nets, losses -> data -> model -> eval -> viz -> train -> tables
-        -> batch, bench, preflight, rehearsal, gpu_check, pretrained
+        -> batch, bench, preflight, rehearsal, gpu_check, pretrained, diagnose
 
 So nets, data, eval and viz never import train (run I/O is `runs`, a trained model is `model`);
 viz sits below train because training writes sample grids with `viz.training`. Imports inside
@@ -26,7 +26,7 @@ RANKS = {
     "viz": 6,
     "train": 7,
     "tables": 8,
-    "batch": 9, "bench": 9, "preflight": 9, "rehearsal": 9, "gpu_check": 9, "pretrained": 9,
+    "batch": 9, "bench": 9, "preflight": 9, "rehearsal": 9, "gpu_check": 9, "pretrained": 9, "diagnose": 9,
 }
 ROOT_RANK = 0   # `viscoin_core` itself (its __init__ holds only __version__)
 

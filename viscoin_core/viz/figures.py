@@ -94,19 +94,27 @@ def concept_grid(system: System, images: torch.Tensor, concepts: Sequence[int], 
     return save_figure(fig, out)
 
 
+def image_rows(rows: Mapping[str, torch.Tensor], titles: Sequence[str] | None = None,
+               out: str | Path | None = None) -> Figure:
+    """One labelled row per entry of `rows` ({label: (n, 3, H, W) in [-1, 1]}, the same n each), in
+    order, columns aligned: inputs above what each method made of them."""
+    sets = list(rows.items())
+    n = len(sets[0][1])
+    fig, axes = _new_figure(len(sets), n, (1.3 * n, 1.5 * len(sets)))
+    for i, (label, images) in enumerate(sets):
+        for j, x in enumerate(images):
+            _show(axes[i, j], x, titles[j] if titles and i == 0 else None)
+        axes[i, 0].set_ylabel(label, fontsize=8)
+    return save_figure(fig, out)
+
+
 def reconstruction_pairs(system: System, images: torch.Tensor, titles: Sequence[str] | None = None,
                          out: str | Path | None = None) -> Figure:
     """Inputs (top row) above their reconstructions x~ = G(Omega(Phi, Phi')) (bottom row): does each
     reconstruction follow its own input, or only its class? `images` (n, 3, H, W) in [-1, 1]."""
     with torch.no_grad():
         rec = system.reconstruct(*system.concepts(images))
-    fig, axes = _new_figure(2, len(images), (1.3 * len(images), 3.0))
-    for j, (x, r) in enumerate(zip(images, rec)):
-        _show(axes[0, j], x, titles[j] if titles else None)
-        _show(axes[1, j], r)
-    axes[0, 0].set_ylabel("input", fontsize=8)
-    axes[1, 0].set_ylabel("reconstruction", fontsize=8)
-    return save_figure(fig, out)
+    return image_rows({"input": images, "reconstruction": rec}, titles, out)
 
 
 def amplification_strip(system: System, images: torch.Tensor, concepts: Sequence[int],
