@@ -24,6 +24,13 @@ class PixelTaps(nn.Module):
         return x.mean(dim=(1, 2, 3)), {"layer2": x, "layer3": x[:, :, ::2, ::2], "layer4": x[:, :, :1, :1]}
 
 
+class PixelFeatures(nn.Module):
+    """A stand-in f whose penultimate features are the pixels."""
+
+    def penultimate(self, x):
+        return x.flatten(1)
+
+
 def test_ridge_fit_matches_the_normal_equations_in_both_forms():
     gen = torch.Generator().manual_seed(0)
     a, y = torch.randn(30, 5, generator=gen), torch.randn(30, 2, generator=gen)
@@ -68,6 +75,17 @@ def test_projection_approaches_images_that_G_made_and_leaves_G_untouched():
         reach.project(G, torch.zeros(1, 3, 16, 16))
 
 
+def test_truncation_zero_draws_one_image_whose_precision_is_all_or_nothing():
+    """At psi = 0 every sample is G's average image: all of them lie in the real manifold or none do,
+    and they cover no real image (their k-NN balls among themselves have radius 0)."""
+    G, f = tiny_G(), PixelFeatures()
+    real = torch.rand(12, 3, 8, 8, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    pr = reach.truncated_precision_recall(G, f, real, [0.0, 1.0])
+    assert pr["0.0"]["precision"] in (0.0, 1.0)
+    assert pr["0.0"]["recall"] == 0.0
+    assert 0.0 <= pr["1.0"]["precision"] <= 1.0
+
+
 def test_per_class_takes_the_first_of_every_class():
     assert reach.per_class(torch.tensor([2, 0, 0, 2, 1, 0]), 2) == [1, 2, 4, 0, 3]
 
@@ -91,11 +109,13 @@ def test_diagnose_scores_projection_probes_and_a_run(tiny_run, tmp_path):
     out = tmp_path / "reach" / "tiny"
     assert diagnose.main(["--data", data, "--f", str(tmp_path / "f.pt"), "--G", str(tmp_path / "G.pt"),
                           "--run", f"tiny={tiny_run}", "--out", str(out), "--per-class", "2", "--n-train", "16",
-                          "--steps", "3"]) == 0
+                          "--steps", "3", "--truncation", "1.0", "0.5"]) == 0
     record = json.loads(out.with_suffix(".json").read_text())
     assert set(record["scores"]) == {"projection", "probe_layer2", "probe_layer3", "probe_layer4", "viscoin: tiny"}
     for score in record["scores"].values():
         assert 0.0 <= score["identification_in_class"] <= 100.0 and score["mse"] >= 0.0
+    assert set(record["samples_by_truncation"]) == {"1.0", "0.5"}
+    assert all(0.0 <= v <= 1.0 for pr in record["samples_by_truncation"].values() for v in pr.values())
     assert out.with_suffix(".png").is_file() and out.with_suffix(".pdf").is_file()
     with pytest.raises(SystemExit):
         diagnose.main(["--data", data, "--f", "x", "--G", "y", "--out", str(out), "--ridge", "0"])

@@ -6,7 +6,7 @@
 
 On `--per-class` test images of every class it scores, with Table 3's reconstruction identification,
 G's W+ projection of each image, ridge probes from f's taps to the pixels (`eval.reach`), and the
-reconstructions of each VisCoIN run given. Writes OUT.json (the scores and the command's settings)
+reconstructions of each VisCoIN run given; and G's precision and recall at a few truncations. Writes OUT.json (the scores and the command's settings)
 and OUT.png/.pdf (the first test image of every class, one row per method), and prints one line per
 method.
 """
@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-train", type=int, default=1200, help="training images the probes are fitted on")
     parser.add_argument("--steps", type=int, default=300, help="Adam steps of the W+ projection")
     parser.add_argument("--ridge", type=float, default=100.0, help="ridge penalty of the probes (> 0)")
+    parser.add_argument("--truncation", type=float, nargs="*", default=[1.0, 0.7, 0.5], metavar="PSI",
+                        help="G's precision and recall at these truncations, against --n-train training images")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     for name, low in (("per_class", 2), ("n_train", 2), ("steps", 1)):
@@ -59,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
     if args.ridge <= 0:
         parser.error(f"--ridge must be > 0, got {args.ridge}")
+    if any(not 0 <= psi <= 1 for psi in args.truncation):
+        parser.error(f"--truncation values must lie in [0, 1], got {args.truncation}")
 
     from viscoin_core.config import resolve_path
     from viscoin_core.data import load_split
@@ -94,9 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         result[f"viscoin: {label}"] = reach.scored(rec, x, labels)
         images[f"viscoin: {label}"] = rec
 
+    samples = reach.truncated_precision_recall(G, f, x_train, args.truncation, seed=args.seed) if args.truncation else {}
     record = {"command": "python -m viscoin_core.diagnose " + " ".join(argv if argv is not None else sys.argv[1:]),
               "data": args.data, "f": args.f, "G": args.G, "runs": {k: str(v) for k, v in runs.items()},
-              "n_test": len(x), "per_class": args.per_class, "seed": args.seed, "scores": result}
+              "n_test": len(x), "per_class": args.per_class, "seed": args.seed, "scores": result,
+              "samples_by_truncation": samples}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out.with_name(out.name + ".json"), json_ready(record))
@@ -106,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     for method, score in result.items():
         print(f"{method:>28}: identification in class {score['identification_in_class']:5.1f}% "
               f"(chance {score['identification_in_class_chance']:.1f}%), MSE {score['mse']:.4f}")
+    for psi, pr in samples.items():
+        print(f"{'G samples, psi ' + psi:>28}: precision {pr['precision']:.3f}, recall {pr['recall']:.3f}")
     print(f"wrote {out}.json and {out}.png")
     return 0
 

@@ -7,6 +7,9 @@ Table 3 (`metrics.reconstruction_identification`), so a trained run's number rea
 - G's reach: each image projected into G's W+ space by gradient descent on the pixel MSE, starting
   from G's average latent (no encoder at all, `project`). If projections are not identified, no
   Omega can do better.
+- G's samples: precision and recall (`metrics.precision_recall`, on f's penultimate features) at
+  truncation psi < 1, which trades recall for precision where G's average latent draws a good image
+  (`truncated_precision_recall`).
 - What f's taps carry: a ridge regression from one tap of f (flattened) to the image's pixels,
   fitted on training images, applied to test images (`tap_probe`). If a linear read-out of a tap
   identifies images, the information Psi needs is in that tap.
@@ -20,7 +23,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from viscoin_core.eval.metrics import reconstruction_identification
+from viscoin_core.eval.metrics import precision_recall, reconstruction_identification
 
 
 def project(G: nn.Module, x: torch.Tensor, steps: int = 300, lr: float = 0.05) -> tuple[torch.Tensor, list[float]]:
@@ -115,4 +118,20 @@ def reach(G: nn.Module, f: nn.Module, x_train: torch.Tensor, x_test: torch.Tenso
                                   "n_train": len(x_train)}
         images[f"probe_{tap}"] = x_probe
     result["images"] = images
+    return result
+
+
+def truncated_precision_recall(G: nn.Module, f: nn.Module, x_real: torch.Tensor, psis: Sequence[float],
+                               seed: int = 0, batch: int = 100) -> dict[str, dict[str, float]]:
+    """{str(psi): {'precision', 'recall'}} of as many samples of G as there are real images x_real
+    (N, 3, H, W) in [-1, 1], on f's penultimate features; every psi draws the same z (seeded)."""
+    with torch.no_grad():
+        real = torch.cat([f.penultimate(x_real[s:s + batch]) for s in range(0, len(x_real), batch)])
+        z = torch.randn(len(x_real), G.z_dim, generator=torch.Generator().manual_seed(seed))
+        result = {}
+        for psi in psis:
+            fake = torch.cat([f.penultimate(G.synthesis(G.mapping(z[s:s + batch], None, truncation_psi=psi),
+                                                        noise_mode="const").clamp(-1, 1))
+                              for s in range(0, len(z), batch)])
+            result[str(psi)] = precision_recall(real, fake)
     return result
