@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from viscoin_core.eval import METRIC_KEYS, evaluate, evaluated
 from viscoin_core.eval.concepts import class_relevance, concept_pool, concept_relevance
+from viscoin_core.runs import read_jsonl
 from viscoin_core.viz import figures
 
 
@@ -156,6 +157,15 @@ def test_every_figure_function_runs_on_the_tiny_system(tiny_run, tmp_path):
     phi, phi_prime = system.concepts(x)
     assert torch.allclose(figures.edit_concepts(system, x, concepts, 1.0), system.reconstruct(phi, phi_prime))
     figures.training_curves(tiny_run / "log.jsonl", out=tmp_path / "train")
+    fig = figures.runs_compared({"a": tiny_run / "log.jsonl", "b": tiny_run / "log.jsonl"},
+                                ["identification_in_class", "mse"], out=tmp_path / "compared")
+    ident = fig.axes[0]
+    assert [line.get_label() for line in ident.get_lines()] == ["a", "b", "chance"]
+    tests = [r for r in read_jsonl(tiny_run / "log.jsonl") if r.get("split") == "test"]
+    assert list(ident.get_lines()[0].get_ydata()) == [r["identification_in_class"] for r in tests]
+    _written(tmp_path / "compared")
+    with pytest.raises(ValueError, match="no test record"):
+        figures.runs_compared({"a": tiny_run / "log.jsonl"}, ["nothing"])
     _written(tmp_path / "train")
     fig = figures.reconstruction_pairs(system, x, ["a", "b", "c"], out=tmp_path / "pairs")
     assert len(fig.axes) == 2 * 3 and fig.axes[0].get_title() == "a"

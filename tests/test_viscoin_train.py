@@ -129,6 +129,29 @@ def test_resume_is_exact(cache_dir, tmp_path, extra):
     assert V.train_viscoin(cfg, tmp_path / "whole") == whole
 
 
+def test_a_finished_run_extended_to_more_iterations_equals_the_longer_run(cache_dir, tmp_path):
+    """iterations 1 -> 2 on a finished run goes on from its checkpoint: the same weights as 2 from the
+    start; the shorter run's metrics and model are replaced. Shrinking, or another change, is refused."""
+    longer = V.train_viscoin(tiny(cache_dir, iterations=2), tmp_path / "whole")
+    V.train_viscoin(tiny(cache_dir, iterations=1), tmp_path / "extended")
+    extended = V.train_viscoin(tiny(cache_dir, iterations=2), tmp_path / "extended")
+    a, b = (torch.load(tmp_path / d / "viscoin.pt", weights_only=True) for d in ("whole", "extended"))
+    for part in ("psi", "theta", "omega"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    assert extended == longer and extended["iterations"] == 2
+    train_its = [r["iteration"] for r in runs.read_jsonl(tmp_path / "extended" / "log.jsonl") if r["split"] == "train"]
+    assert train_its == [1, 2]
+    with pytest.raises(ConfigError, match=r"only \['iterations'\] may change, and only grow"):
+        V.train_viscoin(tiny(cache_dir, iterations=1), tmp_path / "extended")
+    with pytest.raises(ConfigError, match="changed: \\['iterations', 'lr'\\]"):
+        V.train_viscoin(tiny(cache_dir, iterations=3, lr=2e-3), tmp_path / "extended")
+    # the code's schedule decays by the total budget: a longer run is not the shorter one continued
+    V.train_viscoin(tiny(cache_dir, iterations=1, lr_schedule="code"), tmp_path / "decayed")
+    with pytest.raises(ConfigError, match=r"changed: \['iterations'\]\); use a new run"):
+        V.train_viscoin(tiny(cache_dir, iterations=2, lr_schedule="code"), tmp_path / "decayed")
+
+
 def test_nan_stops_with_iteration_term_and_last_finite_checkpoint(cache_dir, tmp_path, monkeypatch):
     calls = {"n": 0}
     real_sparsity = losses.sparsity

@@ -30,6 +30,7 @@ import torch
 from viscoin_core.config import ConfigError, repo_root, to_dict
 
 CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.json"      # a finished run's metrics (its presence marks the run done)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,17 +71,23 @@ def describe_run(config: Any) -> dict:
             "package_version": __version__, "git_commit": git_commit()}
 
 
-def prepare_run_dir(run_dir: str | Path, config: Any) -> Path:
-    """Create `run_dir` and write config.json; refuse to resume a run made with other parameters."""
+def prepare_run_dir(run_dir: str | Path, config: Any, extendable: tuple[str, ...] = ()) -> Path:
+    """Create `run_dir` and write config.json; refuse to resume a run made with other parameters.
+
+    A budget named in `extendable` (e.g. 'iterations') may grow on resume, and only grow: the run then
+    goes on from its checkpoint as if it had been started with the larger budget."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     record = describe_run(config)
     path = run_dir / "config.json"
     if path.exists() and (run_dir / CHECKPOINT).exists():
-        old = json.loads(path.read_text()).get("config")
-        if old != record["config"]:
-            changed = sorted(k for k in set(old) | set(record["config"]) if old.get(k) != record["config"].get(k))
-            raise ConfigError(f"{run_dir} holds a run with other parameters (changed: {changed}); "
+        old, new = json.loads(path.read_text()).get("config"), record["config"]
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        grown = all(k in extendable and isinstance(old.get(k), (int, float)) and isinstance(new.get(k), (int, float))
+                    and new[k] > old[k] for k in changed)
+        if changed and not grown:
+            hint = f"; of these only {list(extendable)} may change, and only grow" if extendable else ""
+            raise ConfigError(f"{run_dir} holds a run with other parameters (changed: {changed}){hint}; "
                               "use a new run directory or delete the old one")
     write_json_atomic(path, record)
     return run_dir
@@ -113,14 +120,14 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
 
 def write_metrics(run_dir: str | Path, metrics: Mapping) -> Path:
     """Write metrics.json atomically and return its path."""
-    path = Path(run_dir) / "metrics.json"
+    path = Path(run_dir) / METRICS
     write_json_atomic(path, dict(metrics))
     return path
 
 
 def read_metrics(run_dir: str | Path) -> dict | None:
     """The run's metrics.json, or None when the run has not finished."""
-    path = Path(run_dir) / "metrics.json"
+    path = Path(run_dir) / METRICS
     return json.loads(path.read_text()) if path.exists() else None
 
 

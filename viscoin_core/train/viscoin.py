@@ -345,10 +345,15 @@ def train_viscoin(config: ViscoinConfig | Mapping[str, Any] | str | Path, run_di
     """
     cfg = as_config(config)
     check_sources(cfg)   # a missing f, G or data file fails before a run directory or a cache is made
-    run_dir = runs.prepare_run_dir(run_dir, cfg)
+    # With a constant learning rate a longer run is the shorter one continued (batches, latents and
+    # evaluations are functions of the iteration), so `iterations` may grow on a finished run.
+    run_dir = runs.prepare_run_dir(run_dir, cfg, extendable=("iterations",) if cfg.lr_schedule == "constant" else ())
     done = runs.read_metrics(run_dir)
     if done is not None and (run_dir / FINAL).exists():
-        return done
+        if done.get("iterations", cfg.iterations) >= cfg.iterations:
+            return done
+        for stale in (runs.METRICS, FINAL):    # extended: the shorter run's model and metrics are not this run's
+            (run_dir / stale).unlink()
     device = runs.pick_device(cfg.device)
     if device.type == "cpu":
         loop.keep_freed_memory()   # halves a CPU step; see its docstring

@@ -259,6 +259,28 @@ def training_curves(log: str | Path | Sequence[Mapping], keys: Sequence[str] | N
     return save_figure(fig, out)
 
 
+def runs_compared(logs: Mapping[str, str | Path | Sequence[Mapping]], keys: Sequence[str],
+                  out: str | Path | None = None) -> Figure:
+    """One panel per key, one line per run ({label: log}): the key's test-split records (those with
+    "split": "test") against the iteration, with its "<key>_chance" as a grey dashed line where logged."""
+    fig, axes = _new_figure(1, len(keys), (4.2 * len(keys), 3.0))
+    for ax, key in zip(axes.flat, keys):
+        chance = None
+        for label, log in logs.items():
+            records = [r for r in _records(log) if r.get("split") == "test" and key in r]
+            if not records:
+                raise ValueError(f"run {label!r}: no test record holds {key!r}")
+            ax.plot([r["iteration"] for r in records], [r[key] for r in records], marker="o", markersize=3,
+                    label=label)
+            chance = chance or [(r["iteration"], r[f"{key}_chance"]) for r in records if f"{key}_chance" in r]
+        if chance:
+            ax.plot(*zip(*chance), linestyle="--", color="grey", label="chance")
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("iteration")
+        ax.legend(fontsize=7)
+    return save_figure(fig, out)
+
+
 def fid_curve(log: str | Path | Sequence[Mapping], out: str | Path | None = None) -> Figure:
     """FID (and KID when logged) against the iteration, e.g. over a generator's snapshots."""
     records = _records(log)
