@@ -204,6 +204,14 @@ def test_spearman_matches_scipy_and_alignment_finds_the_matching_concept():
     assert out["per_factor"]["hue"] == pytest.approx(1.0)
     assert out["best_concept"]["hue"] == 1
     assert out["per_factor"]["size"] < 0.3 and out["untrained"]["mean"] < 0.3
+    assert "class_mean" not in out
+    out = C.factor_alignment(torch.tensor(acts), torch.tensor(acts[:, ::-1].copy()), torch.tensor(factor),
+                             names=["size", "hue"], class_factors=["hue"])
+    assert out["class_mean"] == pytest.approx(out["per_factor"]["hue"]) == pytest.approx(1.0)
+    assert out["untrained"]["class_mean"] == pytest.approx(out["untrained"]["per_factor"]["hue"])
+    with pytest.raises(ValueError, match="wing"):
+        C.factor_alignment(torch.tensor(acts), torch.tensor(acts), torch.tensor(factor), names=["size", "hue"],
+                           class_factors=["wing"])
     # A constant target correlates with nothing.
     assert C.alignment(torch.tensor(acts), torch.ones(200, 1))["mean"] == 0.0
 

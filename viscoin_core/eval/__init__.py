@@ -135,8 +135,10 @@ def evaluate(run_dir: str | Path, n_images: int | None = None, device: str = "cp
 
     # Alignment with ground truth, beside the untrained Psi.
     if test.factors is not None:
+        # the factors the parts' appearance follows are those that define a class
+        class_factors = [k for names in (test.part_factors or {}).values() for k in names]
         result["factor_alignment"] = C.factor_alignment(cp.activations, cat["untrained"], test.factors[index],
-                                                        test.factor_names)
+                                                        test.factor_names, class_factors or None)
     if test.attributes is not None:
         result["attribute_alignment"] = C.attribute_alignment(cp.activations, cat["untrained"],
                                                               test.attributes[index], test.attribute_names)

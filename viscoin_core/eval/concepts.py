@@ -415,14 +415,24 @@ def reinitialised(module: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def factor_alignment(trained: torch.Tensor, untrained: torch.Tensor, factors: torch.Tensor,
-                     names: Sequence[str] | None = None) -> dict:
+                     names: Sequence[str] | None = None, class_factors: Sequence[str] | None = None) -> dict:
     """Factor alignment of the trained concepts beside the same number for an untrained Psi.
 
     trained, untrained: pooled concept activations (N, K) over the same test images; factors (N, J).
+    With `class_factors` (names among `names`: the factors that define a class, e.g. the parts'
+    factors, not position or lighting) both also get 'class_mean', the mean over those alone.
     """
     ours, base = alignment(trained, factors, names), alignment(untrained, factors, names)
-    return {"per_factor": ours["per_target"], "best_concept": ours["best_concept"], "mean": ours["mean"],
-            "untrained": {"per_factor": base["per_target"], "mean": base["mean"]}}
+    result = {"per_factor": ours["per_target"], "best_concept": ours["best_concept"], "mean": ours["mean"],
+              "untrained": {"per_factor": base["per_target"], "mean": base["mean"]}}
+    if class_factors:
+        unknown = sorted(set(class_factors) - set(ours["per_target"]))
+        if unknown:
+            raise ValueError(f"class factors {unknown} are not among the factors {sorted(ours['per_target'])}")
+        result["class_factors"] = list(class_factors)
+        result["class_mean"] = float(np.mean([ours["per_target"][k] for k in class_factors]))
+        result["untrained"]["class_mean"] = float(np.mean([base["per_target"][k] for k in class_factors]))
+    return result
 
 
 def attribute_alignment(trained: torch.Tensor, untrained: torch.Tensor, attributes: torch.Tensor,
