@@ -9,7 +9,7 @@ import sys
 import torch
 
 from viscoin_core.data import load_split
-from viscoin_core.train.viscoin import load_data, load_viscoin
+from viscoin_core.model import load_data, load_viscoin
 
 torch.set_num_threads(1)
 FACTORS = ("position_x", "position_y", "scale", "facing", "clutter", "belly_red", "wing_striped")
