@@ -5,10 +5,10 @@
         [--run "1000 iterations=runs/.../seed0" ...] --out results/demo/reach/toybirds
 
 On `--per-class` test images of every class it scores, with Table 3's reconstruction identification,
-G's W+ projection of each image, ridge probes from f's taps to the pixels (`eval.reach`), and the
-reconstructions of each VisCoIN run given; and G's precision and recall at a few truncations. Writes OUT.json (the scores and the command's settings)
-and OUT.png/.pdf (the first test image of every class, one row per method), and prints one line per
-method.
+G's W+ projection of each image, ridge probes from f's taps to the pixels (`eval.reach`) and the
+reconstructions of each VisCoIN run given; it also measures G's precision and recall at a few
+truncations. Writes OUT.json (the scores and the command's settings) and OUT.png/.pdf (the first
+test image of every class, one row per method), and prints one line per method.
 """
 
 from __future__ import annotations
