@@ -32,17 +32,24 @@ class PixelFeatures(nn.Module):
 
 
 def test_ridge_fit_matches_the_normal_equations_in_both_forms():
+    """Golden: numpy's solve of the centred normal equations; the intercept is the residual mean."""
     gen = torch.Generator().manual_seed(0)
+
+    def expected(a, y, ridge):
+        a, y = a.double().numpy(), y.double().numpy()
+        ac, yc = a - a.mean(0), y - y.mean(0)
+        w = np.linalg.solve(ac.T @ ac + ridge * np.eye(a.shape[1]), ac.T @ yc)
+        return w, y.mean(0) - a.mean(0) @ w
+
     a, y = torch.randn(30, 5, generator=gen), torch.randn(30, 2, generator=gen)
-    primal = reach.ridge_fit(a, y, 0.5)                       # 6 columns (bias included) < 30 rows
-    design = np.hstack([a.double().numpy(), np.ones((30, 1))])
-    expected = np.linalg.solve(design.T @ design + 0.5 * np.eye(6), design.T @ y.double().numpy())
-    assert np.allclose(primal.numpy(), expected, atol=1e-10)
-    wide = torch.randn(4, 9, generator=gen)                   # dual form: 10 columns > 4 rows
-    dual = reach.ridge_fit(wide, y[:4], 0.5).numpy()
-    design = np.hstack([wide.double().numpy(), np.ones((4, 1))])
-    expected = np.linalg.solve(design.T @ design + 0.5 * np.eye(10), design.T @ y[:4].double().numpy())
-    assert np.allclose(dual, expected, atol=1e-10)
+    wide = torch.randn(4, 9, generator=gen)                      # dual form: 9 columns > 4 rows
+    for a_, y_ in ((a, y), (wide, y[:4])):
+        w, b = reach.ridge_fit(a_, y_, 0.5)
+        w_np, b_np = expected(a_, y_, 0.5)
+        assert np.allclose(w.numpy(), w_np, atol=1e-10) and np.allclose(b.numpy(), b_np, atol=1e-10)
+    # the intercept is not shrunk: a constant target is fitted exactly whatever the penalty
+    w, b = reach.ridge_fit(a, torch.full((30, 1), 3.0), 1e6)
+    assert torch.allclose(a.double() @ w + b, torch.full((30, 1), 3.0, dtype=torch.float64))
     with pytest.raises(ValueError, match="ridge"):
         reach.ridge_fit(a, y, 0.0)
 

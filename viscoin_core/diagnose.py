@@ -31,10 +31,8 @@ def parse_runs(values: list[str]) -> dict[str, Path]:
 
 def run_reconstructions(run_dir: Path, x: torch.Tensor) -> torch.Tensor:
     """A trained VisCoIN run's reconstructions of x (B, 3, H, W) in [-1, 1]."""
-    from viscoin_core.eval.concepts import system_from_parts
-    from viscoin_core.model import load_viscoin
-    parts = load_viscoin(run_dir)
-    system = system_from_parts(parts, noise_mode=parts["config"].noise_mode)
+    from viscoin_core.eval import load_system_and_test_split
+    system = load_system_and_test_split(run_dir)[0]
     with torch.no_grad():
         return torch.cat([system.reconstruct(*system.concepts(x[s:s + 64])) for s in range(0, len(x), 64)])
 

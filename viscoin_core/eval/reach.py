@@ -58,19 +58,21 @@ def project(G: nn.Module, x: torch.Tensor, steps: int = 300, lr: float = 0.05) -
     return x_proj, history
 
 
-def ridge_fit(a: torch.Tensor, y: torch.Tensor, ridge: float) -> torch.Tensor:
-    """Weights W (D + 1, T) minimising ||[a, 1] W - y||^2 + ridge ||W||^2 for a (N, D), y (N, T).
+def ridge_fit(a: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W (D, T), b (T,)) minimising ||a W + b - y||^2 + ridge ||W||^2 for a (N, D), y (N, T): the
+    intercept is not penalised (both sides are centred first).
 
     Solved in float64, in the primal (D x D) or the dual (N x N) form, whichever is smaller."""
     if ridge <= 0:
         raise ValueError(f"ridge must be > 0, got {ridge}")
-    a = torch.cat([a.double(), a.new_ones(len(a), 1, dtype=torch.float64)], dim=1)
-    y = y.double()
+    a, y = a.double(), y.double()
+    a_mean, y_mean = a.mean(0), y.mean(0)
+    a, yc = a - a_mean, y - y_mean
     if a.shape[1] <= a.shape[0]:
-        eye = torch.eye(a.shape[1], dtype=torch.float64)
-        return torch.linalg.solve(a.T @ a + ridge * eye, a.T @ y)
-    eye = torch.eye(a.shape[0], dtype=torch.float64)
-    return a.T @ torch.linalg.solve(a @ a.T + ridge * eye, y)
+        weights = torch.linalg.solve(a.T @ a + ridge * torch.eye(a.shape[1], dtype=torch.float64), a.T @ yc)
+    else:
+        weights = a.T @ torch.linalg.solve(a @ a.T + ridge * torch.eye(a.shape[0], dtype=torch.float64), yc)
+    return weights, y_mean - a_mean @ weights
 
 
 def tap_features(f: nn.Module, x: torch.Tensor, tap: str, batch: int = 128) -> torch.Tensor:
@@ -89,9 +91,8 @@ def tap_probe(f: nn.Module, x_train: torch.Tensor, x_test: torch.Tensor, tap: st
     every tap."""
     a, b = tap_features(f, x_train, tap), tap_features(f, x_test, tap)
     mean, std = a.mean(0), a.std(0) + 1e-6
-    weights = ridge_fit((a - mean) / std, x_train.flatten(1), ridge)
-    b = torch.cat([((b - mean) / std).double(), torch.ones(len(b), 1, dtype=torch.float64)], dim=1)
-    return (b @ weights).float().view_as(x_test)
+    weights, intercept = ridge_fit((a - mean) / std, x_train.flatten(1), ridge)
+    return (((b - mean) / std).double() @ weights + intercept).float().view_as(x_test)
 
 
 def per_class(labels: torch.Tensor, n: int) -> list[int]:

@@ -9,6 +9,7 @@ import sys
 import torch
 
 from viscoin_core.data import load_split
+from viscoin_core.eval.reach import ridge_fit
 from viscoin_core.model import load_data, load_viscoin
 
 torch.set_num_threads(1)
@@ -36,11 +37,9 @@ def features(system, dataset, n):
 
 def ridge_r2(train, test, source, target, lam=0.01):
     mu, sd = train[source].mean(0), train[source].std(0) + 1e-6
-    X, Xt = (train[source] - mu) / sd, (test[source] - mu) / sd
-    ym = train[target].mean(0)
-    W = torch.linalg.solve(X.T @ X + lam * len(X) * torch.eye(X.shape[1], dtype=X.dtype), X.T @ (train[target] - ym))
+    weights, intercept = ridge_fit((train[source] - mu) / sd, train[target], lam * len(train[source]))
     Yt = test[target]
-    return 1 - ((Xt @ W + ym - Yt) ** 2).sum(0) / ((Yt - Yt.mean(0)) ** 2).sum(0)
+    return 1 - (((test[source] - mu) / sd @ weights + intercept - Yt) ** 2).sum(0) / ((Yt - Yt.mean(0)) ** 2).sum(0)
 
 
 if __name__ == "__main__":
