@@ -166,6 +166,26 @@ def test_resume_repeats_an_uninterrupted_run(tmp_path, monkeypatch):
     assert (tmp_path / "full" / gan.grid_name(0.016)).exists() and (tmp_path / "full" / "reals.png").exists()
 
 
+def test_a_finished_run_extended_to_more_kimg_equals_the_longer_run(tmp_path, monkeypatch):
+    """kimg 0.008 -> 0.016 on a finished run goes on from its last snapshot: the same G, D and G_ema
+    as 0.016 from the start, and the shorter run's G.pt and metrics.json are replaced. Shrinking, or
+    changing anything else, is refused."""
+    longer = _train(tmp_path, monkeypatch, "whole", tiny_config())
+    short = _train(tmp_path, monkeypatch, "extended", tiny_config(kimg=0.008))
+    assert short["kimg"] == 0.008
+    extended = _train(tmp_path, monkeypatch, "extended", tiny_config())
+    assert extended["kimg"] == longer["kimg"] == 0.016 and extended["steps"] == longer["steps"]
+    a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True) for d in ("whole", "extended"))
+    for net in ("G", "D", "G_ema"):
+        assert not changed(a[net], b[net]), net
+    G = stylegan2.load_generator(tmp_path / "extended" / "G.pt")
+    assert not changed(a["G_ema"], params_of(G))          # G.pt is the longer run's, not the shorter's
+    with pytest.raises(ConfigError, match=r"only \['kimg'\] may change, and only grow"):
+        _train(tmp_path, monkeypatch, "extended", tiny_config(kimg=0.008))
+    with pytest.raises(ConfigError, match=r"changed: \['g_lr', 'kimg'\]"):
+        _train(tmp_path, monkeypatch, "extended", tiny_config(kimg=0.024, g_lr=0.001))
+
+
 def test_nan_stops_with_last_good_snapshot(tmp_path, monkeypatch):
     calls = {"n": 0}
     real_g_loss = gan.g_loss

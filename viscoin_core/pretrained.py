@@ -49,8 +49,6 @@ def train(stand_in: str, stage: str) -> dict:
     from viscoin_core.train.classifier import ClassifierConfig, train_classifier
     from viscoin_core.train.gan import GanConfig, train_gan
     out = run_dir(stand_in, stage)
-    if (out / "metrics.json").exists() and (out / ("f.pt" if stage == "f" else "G.pt")).exists():
-        return runs.read_metrics(out)
     cls, fn = (ClassifierConfig, train_classifier) if stage == "f" else (GanConfig, train_gan)
     return fn(load_config(cls, params_file(stand_in, stage)), out)
 

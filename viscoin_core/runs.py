@@ -131,6 +131,23 @@ def read_metrics(run_dir: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def finished(run_dir: str | Path, final: str, budget_key: str, budget: float) -> dict | None:
+    """metrics.json of a finished run whose `budget_key` (e.g. 'iterations', 'kimg') reaches `budget`.
+
+    None when work is left. A finished run with a smaller budget is being extended (prepare_run_dir
+    allowed it): its metrics.json and `final` file are the shorter run's, so both are deleted and
+    training goes on from the last checkpoint."""
+    run_dir = Path(run_dir)
+    done = read_metrics(run_dir)
+    if done is None or not (run_dir / final).exists():
+        return None
+    if done.get(budget_key, budget) >= budget:
+        return done
+    for stale in (METRICS, final):
+        (run_dir / stale).unlink()
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
 

@@ -55,7 +55,7 @@ from tqdm import tqdm   # text bars: a widget bar shows "model not found" once i
 from viscoin_core.config import ConfigError, param, resolve_path
 from viscoin_core.nets import network_pkl, stylegan2
 from viscoin_core import streams
-from viscoin_core.runs import (append_jsonl, load_checkpoint, load_torch, pick_device, prepare_run_dir, read_jsonl, read_metrics,
+from viscoin_core.runs import (append_jsonl, finished, load_checkpoint, load_torch, pick_device, prepare_run_dir, read_jsonl,
                                rebuild_hint, save_atomic, truncate_log, write_metrics)
 from viscoin_core.train import augment as ada
 from viscoin_core.train import loop
@@ -607,12 +607,15 @@ def train_gan(config: GanConfig, run_dir: str | Path, stop_at_kimg: float | None
     check_sources(config)   # a missing start network or FID classifier fails before anything is made
     dist_device = init_distributed()
     rank, n_proc = world()
+    # StyleGAN2's learning rates are constant and every draw is a function of the step, so a longer
+    # run is the shorter one continued: `kimg` may grow on a finished run (rank 0 clears its end files).
     if rank == 0:
-        prepare_run_dir(run_dir, config)
+        prepare_run_dir(run_dir, config, extendable=("kimg",))
+        finished(run_dir, "G.pt", "kimg", config.kimg)
     if n_proc > 1:
         dist.barrier()
-    done = read_metrics(run_dir)
-    if done is not None and (run_dir / "G.pt").exists():
+    done = finished(run_dir, "G.pt", "kimg", config.kimg)
+    if done is not None:
         return done
     device = dist_device or pick_device(config.device)
     if config.batch % n_proc:

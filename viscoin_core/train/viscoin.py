@@ -348,12 +348,9 @@ def train_viscoin(config: ViscoinConfig | Mapping[str, Any] | str | Path, run_di
     # With a constant learning rate a longer run is the shorter one continued (batches, latents and
     # evaluations are functions of the iteration), so `iterations` may grow on a finished run.
     run_dir = runs.prepare_run_dir(run_dir, cfg, extendable=("iterations",) if cfg.lr_schedule == "constant" else ())
-    done = runs.read_metrics(run_dir)
-    if done is not None and (run_dir / FINAL).exists():
-        if done.get("iterations", cfg.iterations) >= cfg.iterations:
-            return done
-        for stale in (runs.METRICS, FINAL):    # extended: the shorter run's model and metrics are not this run's
-            (run_dir / stale).unlink()
+    done = runs.finished(run_dir, FINAL, "iterations", cfg.iterations)
+    if done is not None:
+        return done
     device = runs.pick_device(cfg.device)
     if device.type == "cpu":
         loop.keep_freed_memory()   # halves a CPU step; see its docstring
