@@ -75,3 +75,13 @@ def test_parameter_check_finds_nan_and_inf_by_name_and_ignores_an_overflowing_su
             loop.check_finite_parameters([*fine, ("b", t)], 7)
     with pytest.raises(loop.NonFiniteLoss, match="'h'"):
         loop.check_finite_parameters([("h", torch.tensor([1.0, float("nan")]).half())], 0)
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+    (tmp_path / "amx").write_text("processor : 0\nflags : fpu avx2 avx512f amx_bf16 amx_tile\n")
+    (tmp_path / "avx2").write_text("processor : 0\nflags : fpu sse4_2 avx2 fma\n")
+    (tmp_path / "bf16").write_text("flags : avx512f avx512_bf16\n")
+    assert loop.cpu_has_native_bf16(tmp_path / "amx") is True
+    assert loop.cpu_has_native_bf16(tmp_path / "bf16") is True
+    assert loop.cpu_has_native_bf16(tmp_path / "avx2") is False
+    assert loop.cpu_has_native_bf16(tmp_path / "missing") is None

@@ -44,6 +44,16 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, -1))
 
 
+def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool | None:
+    """Whether the CPU computes bf16 natively (AMX or AVX512-BF16 flags); None where unknown (no
+    /proc/cpuinfo). Without it PyTorch emulates bf16 autocast, which can be slower than float32."""
+    try:
+        flags = set(Path(cpuinfo).read_text().split())
+    except OSError:
+        return None
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
 def rng_state() -> dict:
     """Every RNG state a run draws from, in a form `torch.load(weights_only=True)` accepts."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()

@@ -38,6 +38,7 @@ import contextlib
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -161,6 +162,9 @@ class Trainer:
         params = [p for m in self.parts.values() for p in m.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=True)   # one kernel per step, CPU or CUDA
         self.amp = cfg.amp == "bf16" or (cfg.amp == "auto" and self.cuda)
+        if self.amp and not self.cuda and loop.cpu_has_native_bf16() is False:
+            warnings.warn("amp: bf16 on a CPU without native bf16 (no AMX or AVX512-BF16 flag): PyTorch "
+                          "emulates it, which may be slower than `amp: off`", stacklevel=2)
         self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if self.amp
                          else contextlib.nullcontext())
         # compiled views for speed; the plain modules above are what is saved
