@@ -369,7 +369,9 @@ def bench_viscoin(args) -> None:
 
     device = pick_device(args.device)
     base = dict(f="random", G="random", cache_dir="unused", device=str(device),
-                compile=bool(getattr(args, "compile", False)), amp=getattr(args, "amp", "auto"))
+                compile=bool(getattr(args, "compile", False)))
+    if getattr(args, "amp", None) is not None:    # else the profile's setting (demo, mini) or 'auto'
+        base["amp"] = args.amp
     if args.size in ("demo", "mini"):
         cfg, G, resolution, n_classes = _profile_viscoin_setup(args.size, base)
     else:
@@ -521,8 +523,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="smoke and paper for every benchmark; viscoin also demo and mini")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--amp", default="auto", choices=["auto", "off", "bf16"],
-                        help="viscoin: autocast (auto: bf16 on CUDA, float32 on CPU; bf16: also on CPU)")
+    parser.add_argument("--amp", default=None, choices=["auto", "off", "bf16"],
+                        help="viscoin: autocast (auto: bf16 on CUDA, float32 on CPU; bf16: also on CPU); "
+                             "default: the profile's `amp` for demo and mini, else auto")
     parser.add_argument("--allocator", default="keep", choices=["keep", "default"],
                         help="CPU: 'keep' freed memory for reuse, as training does (see loop.keep_freed_memory)")
     args = parser.parse_args(argv)
