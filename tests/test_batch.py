@@ -23,6 +23,7 @@ TOY_NOTEBOOK = [
            "assert not p['reads'] or os.path.exists('runs/smoke/toy/a/seed0/metrics.json'), 'ran before a'\n"
            "time.sleep(p['wait_s'])\nos.makedirs(run_dir, exist_ok=True)\n"
            "open('runs/executed.txt', 'a').write(run_dir + '\\n')\n"
+           "json.dump({'config': p}, open(run_dir + '/config.json', 'w'))\n"
            "json.dump({'score': p['x'] * 2 + p['seed'], 'fid_features': 'classifier'}, open(run_dir + '/metrics.json', 'w'))"),
 ]
 
@@ -115,6 +116,26 @@ def test_table_has_mean_std_published_and_marks_the_failed_row(tmp_path, monkeyp
     # A second pass skips what is finished and reruns only the failed row.
     _, again = batch.run_table("toytable", "smoke", root=root)
     assert sorted(again.values())[-2:] == ["skipped", "skipped"]
+
+
+def test_a_finished_row_whose_file_changed_runs_again_instead_of_standing_in_the_table(tmp_path, monkeypatch):
+    """Raising a row's budget after a batch (the demo's NCT rows went from 250 to 300 iterations)
+    must not leave the old result in the table: the row's config.json no longer matches its file."""
+    root = make_project(tmp_path)
+    monkeypatch.setattr(table_making, "published_numbers", lambda: yaml.safe_load(
+        (root / "params" / "reference_numbers.yaml").read_text()))
+    monkeypatch.setattr(batch, "load_tables", lambda path=None: yaml.safe_load(
+        (root / "params" / "tables.yaml").read_text()))
+    batch.run_table("toytable", "smoke", root=root)
+    runs_a = [r for r in batch.plan("toytable", "smoke", root=root) if r.label == "A"]
+    assert [batch.changed_settings(r) for r in runs_a] == [[], []]
+    (root / "params" / "smoke" / "a.yaml").write_text("x: 2.5\n")
+    runs_a = [r for r in batch.plan("toytable", "smoke", root=root) if r.label == "A"]
+    assert [batch.changed_settings(r) for r in runs_a] == [["x"], ["x"]]
+    _, again = batch.run_table("toytable", "smoke", root=root)
+    assert {r.seed: s for r, s in again.items() if r.label == "A"} == {0: "done", 1: "done"}
+    scores = [json.loads((r.run_dir / "metrics.json").read_text())["score"] for r in runs_a]
+    assert scores == [5.0, 6.0]                     # 2.5 x 2 + seed: the new file's result, not 1.5's
 
 
 def test_slurm_executor_runs_through_submitit(tmp_path):

@@ -7,8 +7,8 @@
 `params/tables.yaml` maps each table to its rows: the notebook that makes a row and the parameter
 file (`params/<profile>/<file>`) it runs with. Each (row, seed) executes the notebook with
 papermill into its run directory, `runs/<profile>/<stage>/<file stem>/seed<k>/`, keeping the
-executed notebook there. A run whose `metrics.json` exists is skipped unless `--force`, so an
-interrupted batch resumes; a failed row is reported at the end and marked in the table, never
+executed notebook there. A run whose `metrics.json` exists is skipped (unless `--force`, or its
+row's file has changed since: then it runs again), so an interrupted batch resumes; a failed row is reported at the end and marked in the table, never
 dropped. `all` plans every table first, so a row that several tables share runs once, and rows run
 side by side (`--jobs`, or Slurm) as soon as the runs they read are finished. Table 8 lists every
 experiment's settings, generated from the parameter files. Making the tables from the runs'
@@ -33,7 +33,7 @@ from typing import Any
 
 from tqdm import tqdm   # text bars: a widget bar shows "model not found" once its page is reloaded
 
-from viscoin_core.config import ConfigError, parse_config, read_params, repo_root
+from viscoin_core.config import ConfigError, parse_config, read_params, repo_root, to_dict
 from viscoin_core.runs import run_directory
 from viscoin_core.tables import (NUMBERED_TABLES, build_table, experiments_table, load_tables, table_note,
                                  write_table)
@@ -209,12 +209,27 @@ def depends_on(run: Run, other: Run) -> bool:
     return False
 
 
+def changed_settings(run: Run) -> list[str]:
+    """The settings in which a finished run's config.json differs from what its row's file asks for
+    now (with the run's seed); [] when they agree or the run has no config.json to compare."""
+    path = run.run_dir / "config.json"
+    if not path.exists():
+        return []
+    ran = json.loads(path.read_text()).get("config", {})
+    wanted = to_dict(parse_config(config_class(run.notebook.stem), {**run.params, "seed": run.seed},
+                                  source=str(run.params_file)))
+    return sorted(k for k in set(ran) | set(wanted) if ran.get(k) != wanted.get(k))
+
+
 def run_all(runs: list[Run], force: bool = False, executor=None, jobs: int = 1) -> dict[Run, str]:
     """Execute every unfinished run; returns run -> 'done' | 'skipped' | 'failed: <reason>'.
 
-    Runs that share a run directory (one row in several tables) execute once. With `jobs` > 1 (or a
-    submitit `executor`) independent runs execute side by side; a run waits for the runs it reads
-    (`depends_on`), so a G waits for the f whose features score it.
+    A finished run (metrics.json) is skipped while its config.json matches its row's file. Once the
+    file has changed, the row executes again: its trainer goes on from the checkpoint when only a
+    budget grew (e.g. `iterations`) and otherwise refuses, naming the changed keys; a stale result
+    never stands in a table. Runs that share a run directory (one row in several tables) execute
+    once. With `jobs` > 1 (or a submitit `executor`) independent runs execute side by side; a run
+    waits for the runs it reads (`depends_on`), so a G waits for the f whose features score it.
     """
     status: dict[Run, str] = {}
     first: dict[Path, Run] = {}
@@ -223,7 +238,7 @@ def run_all(runs: list[Run], force: bool = False, executor=None, jobs: int = 1) 
         if run.run_dir in first:
             continue
         first[run.run_dir] = run
-        if (run.run_dir / "metrics.json").exists() and not force:
+        if (run.run_dir / "metrics.json").exists() and not force and not changed_settings(run):
             status[run] = "skipped"
         else:
             pending.append(run)
