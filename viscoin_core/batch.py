@@ -8,9 +8,10 @@
 file (`params/<profile>/<file>`) it runs with. Each (row, seed) executes the notebook with
 papermill into its run directory, `runs/<profile>/<stage>/<file stem>/seed<k>/`, keeping the
 executed notebook there. A run whose `metrics.json` exists is skipped (unless `--force`, or its
-row's file has changed since: then it runs again), so an interrupted batch resumes; a failed row is reported at the end and marked in the table, never
-dropped. `all` plans every table first, so a row that several tables share runs once, and rows run
-side by side (`--jobs`, or Slurm) as soon as the runs they read are finished. Table 8 lists every
+row's file has changed since: then it runs again), so an interrupted batch resumes; a failed row
+is reported at the end and marked in the table, never dropped. `all` plans every table first, so
+a row that several tables share runs once, and rows run side by side (`--jobs`, or Slurm) as soon
+as the runs they read are finished. Table 8 lists every
 experiment's settings, generated from the parameter files. Making the tables from the runs'
 metrics is `viscoin_core.tables`.
 """
