@@ -87,6 +87,7 @@ def export(stand_in: str) -> dict:
                 "made_by": f"{COMMAND} (python -m viscoin_core.pretrained --stand-in {stand_in})",
                 "params": str(params_file(stand_in, stage).relative_to(repo_root())),
                 "commit": config.get("git_commit") or runs.git_commit(), "run_dir": str(source_dir.relative_to(repo_root())),
+                **({"resumed_at_commits": config["resumed_at_commits"]} if config.get("resumed_at_commits") else {}),
                 "budget": {"epochs": metrics.get("epochs")} if stage == "f" else {"kimg": metrics.get("kimg")},
                 "metrics": summary_metrics(stage, metrics)}
     from viscoin_core.viz.training import samples_beside_reals

@@ -81,7 +81,8 @@ def prepare_run_dir(run_dir: str | Path, config: Any, extendable: tuple[str, ...
     record = describe_run(config)
     path = run_dir / "config.json"
     if path.exists() and (run_dir / CHECKPOINT).exists():
-        old, new = json.loads(path.read_text()).get("config"), record["config"]
+        before = json.loads(path.read_text())
+        old, new = before.get("config"), record["config"]
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         grown = all(k in extendable and isinstance(old.get(k), (int, float)) and isinstance(new.get(k), (int, float))
                     and new[k] > old[k] for k in changed)
@@ -89,6 +90,12 @@ def prepare_run_dir(run_dir: str | Path, config: Any, extendable: tuple[str, ...
             hint = f"; of these only {list(extendable)} may change, and only grow" if extendable else ""
             raise ConfigError(f"{run_dir} holds a run with other parameters (changed: {changed}){hint}; "
                               "use a new run directory or delete the old one")
+        # A resumed run keeps the commit it began at; later commits that trained it are listed.
+        began = before.get("git_commit")
+        later = list(before.get("resumed_at_commits", []))
+        if began and record["git_commit"] not in (began, *later):
+            later.append(record["git_commit"])
+        record = {**record, "git_commit": began or record["git_commit"], **({"resumed_at_commits": later} if later else {})}
     write_json_atomic(path, record)
     return run_dir
 
