@@ -179,3 +179,14 @@ def test_a_good_pretrained_G_and_D_start_a_run(root):
     reference = small_G().state_dict()
     assert all(torch.equal(v, reference[k]) for k, v in G.state_dict().items())
     assert D.img_resolution == 32 and G_ema.img_resolution == 32
+
+
+@pytest.mark.parametrize("stage", ["f", "g"])
+def test_each_stand_in_sets_its_own_budget_rather_than_inheriting_one(stage):
+    """gan_toytissue.yaml extends gan_toybirds.yaml: raising the bird G's kimg once began retraining
+    the tissue G too. Each file names its own budget, so one can grow without the other."""
+    import yaml
+    key = "epochs" if stage == "f" else "kimg"
+    for stand_in in pretrained.STAND_INS:
+        own = yaml.safe_load(pretrained.params_file(stand_in, stage).read_text())
+        assert key in own, f"{pretrained.params_file(stand_in, stage)} inherits {key!r}"
