@@ -44,18 +44,22 @@ def test_run_dir_refuses_resume_with_other_parameters(tmp_path):
 
 
 def test_a_resumed_run_keeps_the_commit_it_began_at_and_lists_the_later_ones(tmp_path, monkeypatch):
-    """The manifest of pretrained/ reads config.json's commit: resuming (or just finding) a finished
-    run at a later commit must not rewrite where it was made."""
+    """The manifest of pretrained/ reads config.json's commit: resuming a run, or finding it finished,
+    at a later commit must not rewrite where it was made."""
     commit = {"now": "aaa"}
     monkeypatch.setattr(runs, "git_commit", lambda: commit["now"])
     runs.prepare_run_dir(tmp_path, Cfg(seed=1))
     runs.save_atomic({}, tmp_path / runs.CHECKPOINT)
     read = lambda: json.loads((tmp_path / "config.json").read_text())
     assert read()["git_commit"] == "aaa" and "resumed_at_commits" not in read()
-    for now in ("bbb", "bbb", "ccc"):
+    for now in ("bbb", "bbb", "ccc"):                  # resumed, unfinished, at three later checkouts
         commit["now"] = now
         runs.prepare_run_dir(tmp_path, Cfg(seed=1))
     assert read()["git_commit"] == "aaa" and read()["resumed_at_commits"] == ["bbb", "ccc"]
+    runs.write_metrics(tmp_path, {"done": 1})
+    commit["now"] = "ddd"                               # finding it finished trains nothing
+    runs.prepare_run_dir(tmp_path, Cfg(seed=1))
+    assert read()["resumed_at_commits"] == ["bbb", "ccc"]
 
 
 def test_metrics_round_trip(tmp_path):

@@ -11,9 +11,8 @@ executed notebook there. A run whose `metrics.json` exists is skipped (unless `-
 row's file has changed since: then it runs again), so an interrupted batch resumes; a failed row
 is reported at the end and marked in the table, never dropped. `all` plans every table first, so
 a row that several tables share runs once, and rows run side by side (`--jobs`, or Slurm) as soon
-as the runs they read are finished. Table 8 lists every
-experiment's settings, generated from the parameter files. Making the tables from the runs'
-metrics is `viscoin_core.tables`.
+as the runs they read are finished. Table 8 lists every experiment's settings, generated from the
+parameter files. Making the tables from the runs' metrics is `viscoin_core.tables`.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ from typing import Any
 from tqdm import tqdm   # text bars: a widget bar shows "model not found" once its page is reloaded
 
 from viscoin_core.config import ConfigError, parse_config, read_params, repo_root, to_dict
-from viscoin_core.runs import run_directory
+from viscoin_core.runs import changed_keys, run_directory
 from viscoin_core.tables import (NUMBERED_TABLES, build_table, experiments_table, load_tables, table_note,
                                  write_table)
 
@@ -219,7 +218,7 @@ def changed_settings(run: Run) -> list[str]:
     ran = json.loads(path.read_text()).get("config", {})
     wanted = to_dict(parse_config(config_class(run.notebook.stem), {**run.params, "seed": run.seed},
                                   source=str(run.params_file)))
-    return sorted(k for k in set(ran) | set(wanted) if ran.get(k) != wanted.get(k))
+    return changed_keys(ran, wanted)
 
 
 def run_all(runs: list[Run], force: bool = False, executor=None, jobs: int = 1) -> dict[Run, str]:

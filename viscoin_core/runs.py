@@ -71,6 +71,11 @@ def describe_run(config: Any) -> dict:
             "package_version": __version__, "git_commit": git_commit()}
 
 
+def changed_keys(old: dict, new: dict) -> list[str]:
+    """The keys, sorted, whose values differ between two config dicts (a key missing on one side counts)."""
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
 def prepare_run_dir(run_dir: str | Path, config: Any, extendable: tuple[str, ...] = ()) -> Path:
     """Create `run_dir` and write config.json; refuse to resume a run made with other parameters.
 
@@ -83,17 +88,19 @@ def prepare_run_dir(run_dir: str | Path, config: Any, extendable: tuple[str, ...
     if path.exists() and (run_dir / CHECKPOINT).exists():
         before = json.loads(path.read_text())
         old, new = before.get("config"), record["config"]
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        changed = changed_keys(old, new)
         grown = all(k in extendable and isinstance(old.get(k), (int, float)) and isinstance(new.get(k), (int, float))
                     and new[k] > old[k] for k in changed)
         if changed and not grown:
             hint = f"; of these only {list(extendable)} may change, and only grow" if extendable else ""
             raise ConfigError(f"{run_dir} holds a run with other parameters (changed: {changed}){hint}; "
                               "use a new run directory or delete the old one")
-        # A resumed run keeps the commit it began at; later commits that trained it are listed.
+        # A resumed run keeps the commit it began at; later commits that train it (a run left
+        # unfinished, or a budget grown) are listed, not those that merely find it finished.
         began = before.get("git_commit")
         later = list(before.get("resumed_at_commits", []))
-        if began and record["git_commit"] not in (began, *later):
+        trains = bool(changed) or not (run_dir / METRICS).exists()
+        if began and trains and record["git_commit"] not in (began, *later):
             later.append(record["git_commit"])
         record = {**record, "git_commit": began or record["git_commit"], **({"resumed_at_commits": later} if later else {})}
     write_json_atomic(path, record)

@@ -609,12 +609,14 @@ def train_gan(config: GanConfig, run_dir: str | Path, stop_at_kimg: float | None
     rank, n_proc = world()
     # StyleGAN2's learning rates are constant and every draw is a function of the step, so a longer
     # run is the shorter one continued: `kimg` may grow on a finished run (rank 0 clears its end files).
+    done = None
     if rank == 0:
         prepare_run_dir(run_dir, config, extendable=("kimg",))
-        finished(run_dir, "G.pt", "kimg", config.kimg)
+        done = finished(run_dir, "G.pt", "kimg", config.kimg)
     if n_proc > 1:
         dist.barrier()
-    done = finished(run_dir, "G.pt", "kimg", config.kimg)
+        if rank > 0:          # after rank 0 has cleared a shorter run's end files
+            done = finished(run_dir, "G.pt", "kimg", config.kimg)
     if done is not None:
         return done
     device = dist_device or pick_device(config.device)
