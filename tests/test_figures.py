@@ -184,6 +184,13 @@ def test_figures_for_run_writes_the_set(tiny_run, tmp_path):
     assert any(name.startswith("concept_grid_") for name in figs)
     for name in figs:
         _written(tmp_path / name)
+    # The per-row notebooks ask for PNG only: every figure is there, and no PDF.
+    png_only = tmp_path / "png_only"
+    again = figures.figures_for_run(tiny_run, png_only, n_classes_shown=1, n_images=2, formats=("png",))
+    assert sorted(p.stem for p in png_only.iterdir()) == sorted(again) == sorted(figs)
+    assert all(p.suffix == ".png" and p.stat().st_size > 1000 for p in png_only.iterdir())
+    with pytest.raises(ValueError, match="'svg'"):
+        figures.save_figure(again["faithfulness"], tmp_path / "faith", formats=("svg",))
 
 
 def _kernel_outputs(cells: list[str], tmp_path) -> list[dict]:

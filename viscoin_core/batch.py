@@ -40,9 +40,11 @@ from viscoin_core.tables import (NUMBERED_TABLES, build_table, experiments_table
 
 PROFILES = ("smoke", "demo", "mini", "paper", "rehearsal")
 
-# The kernel's own log (not the notebook's output) at ERROR: ipykernel warns on every start that its
-# localhost TCP sockets are unencrypted, a line per row that says nothing about the row.
-QUIET_KERNEL = ["--IPKernelApp.log_level=ERROR"]
+# The kernel's own log (not the notebook's output) at CRITICAL: ipykernel warns on every start that its
+# localhost TCP sockets are unencrypted, and jupyter_client begins every shutdown with a SIGINT, which a
+# kernel still finishing its last reply logs as the ERROR "KeyboardInterrupt caught in kernel". Neither
+# says anything about the row; a failing cell reaches the batch through papermill, not this log.
+QUIET_KERNEL = ["--IPKernelApp.log_level=CRITICAL"]
 
 # The config class each notebook turns its parameters into; batch validates a row against it
 # before any work starts, so a mistyped key fails at once with the file named.

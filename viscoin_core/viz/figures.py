@@ -31,15 +31,18 @@ LAMBDAS = (0.0, 1.0, 2.0, 4.0)
 # Helpers
 
 
-def save_figure(fig: Figure, out: str | Path | None, dpi: int = 150) -> Figure:
-    """Write `fig` as out.png and out.pdf (folders created); return it unchanged."""
+def save_figure(fig: Figure, out: str | Path | None, dpi: int = 150,
+                formats: Sequence[str] = ("png", "pdf")) -> Figure:
+    """Write `fig` as out.png and out.pdf, or in the given `formats` (folders created); return it unchanged."""
     if out is not None:
         stem = Path(out)
         stem = stem.with_suffix("") if stem.suffix.lower() in (".png", ".pdf") else stem
         stem.parent.mkdir(parents=True, exist_ok=True)
-        # Append the suffixes: a stem may hold dots of its own (CUB's "001.Black_footed_Albatross").
-        fig.savefig(stem.parent / (stem.name + ".png"), dpi=dpi, bbox_inches="tight")
-        fig.savefig(stem.parent / (stem.name + ".pdf"), bbox_inches="tight")
+        for fmt in formats:
+            if fmt not in ("png", "pdf"):
+                raise ValueError(f"figure format {fmt!r}; choose 'png' or 'pdf'")
+            # Append the suffix: a stem may hold dots of its own (CUB's "001.Black_footed_Albatross").
+            fig.savefig(stem.parent / f"{stem.name}.{fmt}", dpi=dpi, bbox_inches="tight")
     return fig
 
 
@@ -486,7 +489,7 @@ def best_images_of_class(predicted: torch.Tensor, labels: torch.Tensor | None, c
 
 def figures_for_run(run_dir: str | Path, out_dir: str | Path, n_classes_shown: int = 3, n_images: int = 3,
                     threshold: float = 0.5, top_k: int = 3, device: str = "cpu",
-                    cam_layer: nn.Module | str | None = "layer2") -> dict:
+                    cam_layer: nn.Module | str | None = "layer2", formats: Sequence[str] = ("png", "pdf")) -> dict:
     """Every figure above for a trained run, from what `evaluate` stored; returns {name: Figure}.
 
     Reads metrics.json and relevance.pt (r_{k,c}, and g's prediction for each evaluated test image),
@@ -497,6 +500,7 @@ def figures_for_run(run_dir: str | Path, out_dir: str | Path, n_classes_shown: i
     heatmap, training curves, top-N accuracy, faithfulness and factor alignment from metrics.json,
     and, when the run measured concept localisation (part masks), the change maps of each shown
     class's most relevant concept on up to two of its images with the part's outline.
+    Each is written to out_dir/<name>.<format> for each of `formats` ('png', 'pdf').
     """
     from viscoin_core.eval import RELEVANCE, load_system_and_test_split
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -508,7 +512,7 @@ def figures_for_run(run_dir: str | Path, out_dir: str | Path, n_classes_shown: i
     system, test, names = load_system_and_test_split(run_dir, device)
     r_kc, images_index = stored["r_kc"], stored["images_index"]
     predicted, labels = stored["predicted"], stored["labels"]
-    figs = {"relevance_heatmap": relevance_heatmap(r_kc, names, out=out_dir / "relevance_heatmap")}
+    figs = {"relevance_heatmap": relevance_heatmap(r_kc, names)}
     counts = torch.bincount(predicted, minlength=len(names))
     shown = [c for c in counts.argsort(descending=True).tolist() if counts[c] > 0][:n_classes_shown]
     for c in shown:    # r_{k,c} is defined only for classes g predicts
@@ -519,23 +523,21 @@ def figures_for_run(run_dir: str | Path, out_dir: str | Path, n_classes_shown: i
             continue
         x = torch.stack([test[int(images_index[i])][0] for i in rows]).to(device)
         tag = re.sub(r"[^A-Za-z0-9_-]+", "_", names[c])
-        figs[f"concept_grid_{tag}"] = concept_grid(system, x, concepts, names[c], out=out_dir / f"concept_grid_{tag}")
-        figs[f"amplification_{tag}"] = amplification_strip(system, x[:2], concepts[:1], out=out_dir / f"amplification_{tag}")
-        figs[f"grad_cam_{tag}"] = grad_cam_figure(system, x[:2], concepts, layer=cam_layer,
-                                                  out=out_dir / f"grad_cam_{tag}")
+        figs[f"concept_grid_{tag}"] = concept_grid(system, x, concepts, names[c])
+        figs[f"amplification_{tag}"] = amplification_strip(system, x[:2], concepts[:1])
+        figs[f"grad_cam_{tag}"] = grad_cam_figure(system, x[:2], concepts, layer=cam_layer)
     pairs = [i for c in shown for i in best_images_of_class(predicted, labels, c, 2)]
     if pairs:
         figs["reconstructions"] = reconstruction_pairs(
             system, torch.stack([test[int(images_index[i])][0] for i in pairs]).to(device),
-            [names[int(labels[i])][:12] for i in pairs], out=out_dir / "reconstructions")
+            [names[int(labels[i])][:12] for i in pairs])
     log = run_dir / "log.jsonl"
     if log.exists():
-        figs["training_curves"] = training_curves(log, smooth=5, out=out_dir / "training_curves")
-    figs["top_n_accuracy"] = top_n_curve(metrics["top_n_accuracy"], metrics.get("g_accuracy"), out=out_dir / "top_n_accuracy")
-    figs["faithfulness"] = faithfulness_plot(metrics["faithfulness"], metrics["faithfulness_random"],
-                                             out=out_dir / "faithfulness")
+        figs["training_curves"] = training_curves(log, smooth=5)
+    figs["top_n_accuracy"] = top_n_curve(metrics["top_n_accuracy"], metrics.get("g_accuracy"))
+    figs["faithfulness"] = faithfulness_plot(metrics["faithfulness"], metrics["faithfulness_random"])
     if metrics.get("factor_alignment"):
-        figs["factor_alignment"] = factor_alignment_bars(metrics["factor_alignment"], out=out_dir / "factor_alignment")
+        figs["factor_alignment"] = factor_alignment_bars(metrics["factor_alignment"])
     if metrics.get("concept_localisation") and test.part_masks is not None:
         pairs = localisation_pairs_shown(metrics["concept_localisation"]["concepts"], r_kc, shown, predicted, labels,
                                          images_index, test)
@@ -547,7 +549,9 @@ def figures_for_run(run_dir: str | Path, out_dir: str | Path, n_classes_shown: i
                                  for row, part in zip(rows, parts)])
             figs["localisation"] = localisation_figure(
                 system, torch.stack([test[row][0] for row in rows]).to(device), ks, masks, parts,
-                [info[str(k)]["phi_max"] for k in ks], out=out_dir / "localisation")
+                [info[str(k)]["phi_max"] for k in ks])
+    for name, fig in figs.items():
+        save_figure(fig, out_dir / name, formats=formats)
     return figs
 
 
