@@ -246,3 +246,33 @@ def test_the_kernels_own_error_log_stays_off_the_terminal(tmp_path, capfd, level
                                cwd=str(tmp_path), progress_bar=False, extra_arguments=arguments)
     captured = capfd.readouterr()
     assert ("caught in kernel (probe)" in captured.out + captured.err) is shown
+
+
+def test_free_workers_take_the_runs_others_wait_on_first_then_the_later_stages(tmp_path):
+    def stage_of(name):
+        return {"f": "f", "g": "g", "v": "viscoin"}.get(name[0], "other")
+
+    def run(name, *reads):
+        stage = stage_of(name)
+        return batch.Run(table="t", label=name, notebook=tmp_path / "notebooks" / "nb.ipynb",
+                         params_file=tmp_path / "params" / f"{name}.yaml",
+                         params={f"in{i}": f"runs/p/{stage_of(other)}/{other}/seed0" for i, other in enumerate(reads)},
+                         run_dir=tmp_path / "runs" / "p" / stage / name / "seed0", seed=0)
+    # plan order: f, then three Gs, then the VisCoIN rows; g_many is read by three rows, g_one by one
+    # row and g_none by nothing; v_none reads nothing of this batch (its inputs finished earlier).
+    runs = [run("f"), run("g_none", "f"), run("g_one", "f"), run("g_many", "f"), run("v_none"),
+            run("v1", "g_one", "f"), run("v2", "g_many", "f"), run("v3", "g_many", "f"), run("v4", "g_many", "f")]
+    order = [r.label for r in batch.start_order(runs)]
+    assert order == ["f", "g_many", "g_one", "v_none", "v1", "v2", "v3", "v4", "g_none"]
+    # a cycle does not hang the ordering (the batch then reports the pair as failed)
+    a, b = run("a", "b"), run("b", "a")
+    assert {r.label for r in batch.start_order([a, b])} == {"a", "b"}
+
+
+def test_in_the_demo_plan_the_g_that_most_rows_read_starts_first():
+    tables = load_tables(batch.repo_root() / "params" / "tables.yaml")
+    runs = {r.run_dir: r for name in table_making.NUMBERED_TABLES for r in batch.plan(name, "demo", tables=tables)}
+    order = [r.run_dir.parent.name for r in batch.start_order(list(runs.values()))]
+    g_rows = [name for name in order if name.startswith("gan_")]
+    assert g_rows[0] == "gan_nct_1500k" and g_rows[-1] == "gan_nct_brecahad512"   # ten rows wait on the first, none on the last
+    assert order.index("gan_nct_brecahad512") > max(order.index(n) for n in order if n.startswith("viscoin_"))

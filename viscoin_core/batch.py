@@ -39,6 +39,7 @@ from viscoin_core.tables import (NUMBERED_TABLES, build_table, experiments_table
                                  write_table)
 
 PROFILES = ("smoke", "demo", "mini", "paper", "rehearsal")
+STAGES = ("f", "g", "viscoin")   # the pipeline, in order: each stage reads the one before it
 
 # The kernel's own log (not the notebook's output) at CRITICAL: ipykernel warns on every start that its
 # localhost TCP sockets are unencrypted, and jupyter_client begins every shutdown with a SIGINT, which a
@@ -254,6 +255,29 @@ def run_all(runs: list[Run], force: bool = False, executor=None, jobs: int = 1) 
     return status
 
 
+def start_order(runs: list[Run]) -> list[Run]:
+    """`runs` in the order free workers take them up once their inputs are ready: first the runs that
+    more of the others wait on (directly or through another run), then the later stages (`STAGES`:
+    a VisCoIN row takes two to five times a G row), then plan order. So both workers stay busy: the G
+    that ten rows read starts before the one that only one row reads, and a short run that nothing
+    reads fills the gap at the end instead of delaying a long one."""
+    readers = {run: [other for other in runs if other is not run and depends_on(other, run)] for run in runs}
+
+    def waiting_on(run: Run, seen: set) -> set:
+        for reader in readers[run]:
+            if reader not in seen:      # `seen` also stops a cycle (reported later as failed)
+                seen.add(reader)
+                waiting_on(reader, seen)
+        return seen
+
+    def stage(run: Run) -> int:          # runs/<profile>/<stage>/<stem>/seed<k>
+        name = run.run_dir.parents[1].name
+        return STAGES.index(name) if name in STAGES else -1
+
+    plan_index = {run: i for i, run in enumerate(runs)}
+    return sorted(runs, key=lambda run: (-len(waiting_on(run, set())), -stage(run), plan_index[run]))
+
+
 def _run_side_by_side(pending: list[Run], executor, jobs: int, poll_s: float = 0.5) -> dict[Run, str]:
     status: dict[Run, str] = {}
     pool = None
@@ -264,7 +288,7 @@ def _run_side_by_side(pending: list[Run], executor, jobs: int, poll_s: float = 0
         # Processes, not threads: papermill changes the working directory of the process it runs in.
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
     submit, limit = (executor.submit, len(pending)) if executor is not None else (pool.submit, jobs)
-    waiting, active = list(pending), {}
+    waiting, active = start_order(pending), {}
     try:
         with tqdm(total=len(pending), desc="runs", unit="run") as progress:
             while waiting or active:
