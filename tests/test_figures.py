@@ -191,6 +191,9 @@ def test_figures_for_run_writes_the_set(tiny_run, tmp_path):
     assert all(p.suffix == ".png" and p.stat().st_size > 1000 for p in png_only.iterdir())
     with pytest.raises(ValueError, match="'svg'"):
         figures.save_figure(again["faithfulness"], tmp_path / "faith", formats=("svg",))
+    with pytest.raises(ValueError, match="'svg'"):   # before it draws anything
+        figures.figures_for_run(tiny_run, tmp_path / "never", formats=("png", "svg"))
+    assert not (tmp_path / "never").exists()
 
 
 def _kernel_outputs(cells: list[str], tmp_path) -> list[dict]:

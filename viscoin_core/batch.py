@@ -258,7 +258,7 @@ def run_all(runs: list[Run], force: bool = False, executor=None, jobs: int = 1) 
 def start_order(runs: list[Run]) -> list[Run]:
     """`runs` in the order free workers take them up once their inputs are ready: first the runs that
     more of the others wait on (directly or through another run), then the later stages (`STAGES`:
-    a VisCoIN row takes two to five times a G row), then plan order. So both workers stay busy: the G
+    in the demo a VisCoIN row takes 1.3 to 4 times a G row), then plan order. So both workers stay busy: the G
     that ten rows read starts before the one that only one row reads, and a short run that nothing
     reads fills the gap at the end instead of delaying a long one."""
     readers = {run: [other for other in runs if other is not run and depends_on(other, run)] for run in runs}

@@ -38,12 +38,17 @@ def save_figure(fig: Figure, out: str | Path | None, dpi: int = 150,
         stem = Path(out)
         stem = stem.with_suffix("") if stem.suffix.lower() in (".png", ".pdf") else stem
         stem.parent.mkdir(parents=True, exist_ok=True)
-        for fmt in formats:
-            if fmt not in ("png", "pdf"):
-                raise ValueError(f"figure format {fmt!r}; choose 'png' or 'pdf'")
+        for fmt in _checked_formats(formats):
             # Append the suffix: a stem may hold dots of its own (CUB's "001.Black_footed_Albatross").
             fig.savefig(stem.parent / f"{stem.name}.{fmt}", dpi=dpi, bbox_inches="tight")
     return fig
+
+
+def _checked_formats(formats: Sequence[str]) -> Sequence[str]:
+    unknown = [fmt for fmt in formats if fmt not in ("png", "pdf")]
+    if unknown:
+        raise ValueError(f"figure format(s) {unknown}; choose from 'png', 'pdf'")
+    return formats
 
 
 def _new_figure(rows: int, cols: int, size: tuple[float, float]) -> tuple[Figure, np.ndarray]:
@@ -503,6 +508,7 @@ def figures_for_run(run_dir: str | Path, out_dir: str | Path, n_classes_shown: i
     Each is written to out_dir/<name>.<format> for each of `formats` ('png', 'pdf').
     """
     from viscoin_core.eval import RELEVANCE, load_system_and_test_split
+    _checked_formats(formats)   # before any drawing
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     stored = torch.load(run_dir / RELEVANCE, map_location="cpu", weights_only=True)
