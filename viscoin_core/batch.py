@@ -178,11 +178,15 @@ def run_config(run: Run) -> Any:
     return parse_config(config_class(run.notebook.stem), {**run.params, "seed": run.seed}, source=str(run.params_file))
 
 
+def stage_of(run: Run) -> str:
+    """The stage a run belongs to: runs/<profile>/<stage>/<stem>/seed<k>."""
+    return run.run_dir.parents[1].name
+
+
 def preflight_check(runs: list[Run], profile: str, root: Path, step_times: dict | None = None) -> tuple[list, list]:
     """`preflight.check` on planned runs, each run once (a row several tables share is planned once per table)."""
     from viscoin_core import preflight
     unique = list({(r.params_file, r.seed): r for r in runs}.values())
-    stage_of = lambda run: run.run_dir.parents[1].name   # runs/<profile>/<stage>/<stem>/seed<k>
     return preflight.check(unique, profile, run_config, stage_of, root, step_times)
 
 
@@ -270,9 +274,8 @@ def start_order(runs: list[Run]) -> list[Run]:
                 waiting_on(reader, seen)
         return seen
 
-    def stage(run: Run) -> int:          # runs/<profile>/<stage>/<stem>/seed<k>
-        name = run.run_dir.parents[1].name
-        return STAGES.index(name) if name in STAGES else -1
+    def stage(run: Run) -> int:
+        return STAGES.index(stage_of(run)) if stage_of(run) in STAGES else -1
 
     plan_index = {run: i for i, run in enumerate(runs)}
     return sorted(runs, key=lambda run: (-len(waiting_on(run, set())), -stage(run), plan_index[run]))
