@@ -1,4 +1,4 @@
-"""Latent regression on the synthetic half (an option, off in the paper profile) and Omega's lr multiplier."""
+"""Latent regression on the synthetic half, Omega's lr multiplier and f's temperature (options, off in the paper profile)."""
 
 import pytest
 import torch
@@ -132,7 +132,8 @@ def test_a_few_steps_reduce_the_regression_loss(space):
 # Bad values fail at config time, naming the key and the file
 
 @pytest.mark.parametrize("key, value", [("latent_regression_weight", -0.5), ("latent_regression_space", "z"),
-                                        ("omega_lr_multiplier", 0.0), ("omega_lr_multiplier", -0.01)])
+                                        ("omega_lr_multiplier", 0.0), ("omega_lr_multiplier", -0.01),
+                                        ("f_temperature", 0.0), ("f_temperature", -30.0)])
 def test_bad_values_fail_at_config_time_naming_key_and_file(tmp_path, key, value):
     path = tmp_path / "viscoin_bad.yaml"
     path.write_text(f"f: random\nG: random\ncache_dir: unused\n{key}: {value}\n")
@@ -145,6 +146,7 @@ def test_defaults_are_the_paper_off():
     cfg = tiny()
     assert cfg.latent_regression_weight == 0.0 and not V.mixes_styles(cfg)
     assert cfg.omega_lr_multiplier == 0.01
+    assert cfg.f_temperature == 1.0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -113,3 +113,33 @@ def test_lpips_random_backbone_offline_and_repeatable():
     assert losses.perceptual(a, a, net1).item() == pytest.approx(0.0, abs=1e-7)
     d = losses.perceptual(a, b, net1)
     assert d.item() > 0 and d.item() == losses.perceptual(a, b, net2).item()
+
+
+def test_f_temperature_is_the_paper_at_one_and_a_rescaling_otherwise():
+    # Dividing f's logits by T inside the loss must equal feeding it logits already divided by T:
+    # the terms of f_temperature=T on (f, f_rec) are those of T=1 on (f / T, f_rec / T); at T=1 the
+    # terms are exactly the paper's; g's logits and every other term never change.
+    torch.manual_seed(4)
+    args = dict(g_logits=torch.randn(3, 5) * 4, x_rec=torch.rand(3, 3, 4, 4), x=torch.rand(3, 3, 4, 4),
+                phi=torch.rand(3, 4, 3, 3), psi_kernels=torch.randn(4, 6, 1, 1), ws=torch.randn(3, 5, 7),
+                w_bar=torch.randn(7), lpips_net=HalfAbsLpips(), alpha=0.5, beta=3.0, gamma=0.1, delta=0.2)
+    f, f_rec = torch.randn(3, 5) * 30, torch.randn(3, 5) * 30     # an over-confident f
+    _, paper = losses.viscoin_loss(**args, f_logits=f, f_rec_logits=f_rec)
+    _, one = losses.viscoin_loss(**args, f_logits=f, f_rec_logits=f_rec, f_temperature=1.0)
+    assert all(torch.equal(paper[k], one[k]) for k in paper)
+    _, tempered = losses.viscoin_loss(**args, f_logits=f, f_rec_logits=f_rec, f_temperature=10.0)
+    _, scaled = losses.viscoin_loss(**args, f_logits=f / 10, f_rec_logits=f_rec / 10)
+    for name in paper:
+        assert tempered[name].item() == pytest.approx(scaled[name].item(), rel=1e-6), name
+    # closed form of the two changed terms: CE against softmax(f / T), and f(x~) / T against it
+    assert tempered["output_fidelity"].item() == pytest.approx(
+        0.5 * losses.soft_cross_entropy(args["g_logits"], f / 10).item(), rel=1e-6)
+    assert tempered["rec_classification"].item() == pytest.approx(
+        0.1 * losses.soft_cross_entropy(f_rec / 10, f / 10).item(), rel=1e-6)
+    assert tempered["output_fidelity"].item() != pytest.approx(paper["output_fidelity"].item(), rel=1e-3)
+    # the reconstruction term's gradient through f shrinks: T tempers the over-confident logits
+    f_rec.requires_grad_(True)
+    grad = {t: torch.autograd.grad(losses.viscoin_loss(**args, f_logits=f, f_rec_logits=f_rec,
+                                                       f_temperature=t)[1]["rec_classification"], f_rec)[0].norm()
+            for t in (1.0, 10.0)}
+    assert grad[10.0] < grad[1.0] / 5

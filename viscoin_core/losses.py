@@ -8,6 +8,10 @@
       [+ lambda * ||Omega(Psi(f(G(w)))) - w||^2 on the synthetic images      latent regression, not in
                                                                              the paper; off by default]
 
+With `f_temperature` T (not in the paper; 1 = off) f's logits, on x and on x~, are divided by T in
+both cross-entropies, so the targets are softmax(f(x) / T) and the reconstruction term compares
+softmax(f(x~) / T) with them; g's logits are left as they are.
+
 Norms are averaged over their elements (pixels, concept entries, latent coordinates) and over the
 batch, as in the authors' implementation: the published weights (beta = 3, gamma = 0.1, ...) only
 make sense at that scale. CE(a, b) is the cross-entropy of softmax(a) against the soft targets
@@ -111,15 +115,18 @@ def viscoin_loss(*, g_logits, f_logits, x_rec, x, f_rec_logits, phi, psi_kernels
                  alpha: float, beta: float, gamma: float, delta: float, orthogonality_weight: float = 1.0,
                  omega_weight: float = 1.0, sparsity_mode: str = "paper", orthogonality_mode: str = "gram",
                  latent_weight: float = 0.0, ws_synthetic: torch.Tensor | None = None,
-                 ws_synthetic_target: torch.Tensor | None = None,
+                 ws_synthetic_target: torch.Tensor | None = None, f_temperature: float = 1.0,
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The total loss and its weighted terms, each computed once (keys name the terms for logs and NaN reports).
 
     The latent regression term (`latent_weight` times `latent_regression` of Omega's style vectors for
     the synthetic images, `ws_synthetic`, against the latents they were sampled from) is present only
     when `latent_weight` > 0 and a target is given, so with it off the terms, their sum and the logs
-    are exactly the paper's.
+    are exactly the paper's. `f_temperature` divides f's logits (on x and x~) before both
+    cross-entropies; at 1 they are untouched.
     """
+    if f_temperature != 1.0:
+        f_logits, f_rec_logits = f_logits / f_temperature, f_rec_logits / f_temperature
     terms = {
         "output_fidelity": alpha * output_fidelity(g_logits, f_logits),
         "rec_l2": reconstruction_l2(x_rec, x),

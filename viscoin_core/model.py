@@ -61,6 +61,9 @@ class ViscoinConfig:
     latent_regression_space: str = param("w+", choices=losses.LATENT_REGRESSION_SPACES,
                                          help="'w': one w per sample, no style mixing; 'w+': synthetic samples "
                                          "style-mixed, one target per style vector (with the weight > 0 only)")
+    f_temperature: float = param(1.0, low=0.0, low_open=True, help="f's logits are divided by it in both "
+                                 "cross-entropies (output fidelity, reconstruction classification); 1 = the paper. "
+                                 "A larger value tempers an over-confident f (docs/DISCREPANCIES.md)")
     sparsity: str = param("paper", choices=losses.SPARSITY_CHOICES, help="'paper': ||Phi||_1; 'code': the released variant")
     orthogonality: str = param("gram", choices=losses.ORTHOGONALITY_CHOICES, help="'gram': ||WW^T-I||^2; 'code': released variant")
     loss_warmup: int = param(0, low=0, help="output fidelity and sparsity start at this iteration (code: 101)")

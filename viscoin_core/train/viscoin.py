@@ -231,6 +231,7 @@ class Trainer:
                 orthogonality_weight=cfg.orthogonality_weight, omega_weight=cfg.omega_reg_weight,
                 sparsity_mode=cfg.sparsity, orthogonality_mode=cfg.orthogonality,
                 latent_weight=cfg.latent_regression_weight, ws_synthetic_target=ws_target,
+                f_temperature=cfg.f_temperature,
                 ws_synthetic=None if ws_target is None else ws[len(ws) - len(ws_target):])
         return total, terms, {"f_logits": f_logits, "g_logits": g_logits, "x_rec": x_rec, "lpips": lpips_per_image}
 
