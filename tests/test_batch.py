@@ -276,3 +276,19 @@ def test_in_the_demo_plan_the_g_that_most_rows_read_starts_first():
     g_rows = [name for name in order if name.startswith("gan_")]
     assert g_rows[0] == "gan_nct_1500k" and g_rows[-1] == "gan_nct_brecahad512"   # ten rows wait on the first, none on the last
     assert order.index("gan_nct_brecahad512") > max(order.index(n) for n in order if n.startswith("viscoin_"))
+
+
+def test_the_variants_rows_figures_are_copied_beside_notebook_06s(tmp_path, monkeypatch):
+    # The figures step shows Table 3's variants row too: its per-row PNGs (and only its, seed 0's)
+    # land in figures/variants/, byte for byte.
+    root = batch.repo_root()
+    runs = [dataclasses.replace(r, run_dir=tmp_path / r.run_dir.relative_to(root)) for r in batch.plan("table3", "demo")]
+    monkeypatch.setattr(batch, "plan", lambda table, profile, root=None: runs if table == "table3" else [])
+    for run in runs:
+        (run.run_dir / "figures").mkdir(parents=True)
+        (run.run_dir / "figures" / "reconstructions.png").write_bytes(run.params_file.stem.encode())
+        (run.run_dir / "figures" / "reconstructions.pdf").write_bytes(b"not copied")
+    written = batch.variants_figures("demo", tmp_path / "figures", tmp_path)
+    assert written == [tmp_path / "figures" / "variants" / "reconstructions.png"]
+    assert written[0].read_bytes() == b"viscoin_cub_variants"
+    assert sorted(p.name for p in (tmp_path / "figures").rglob("*")) == ["reconstructions.png", "variants"]

@@ -386,7 +386,23 @@ def run_figures(profile: str, root: Path | None = None) -> Path:
                                cwd=str(root / "notebooks"), progress_bar=False, kernel_name="python3",
                                extra_arguments=QUIET_KERNEL)
     generator_figures(profile, out_dir, root)
+    variants_figures(profile, out_dir, root)
     return out_dir
+
+
+def variants_figures(profile: str, out_dir: Path, root: Path) -> list[Path]:
+    """Copy the per-row figures (PNG) of Table 3's variants row, seed 0, into out_dir/variants/, so the
+    reader sees its reconstructions and concept grids beside notebook 06's of the study-settings row."""
+    import shutil
+    written = []
+    for run in plan("table3", profile, root=root):
+        source = run.run_dir / "figures"
+        if run.params_file.stem != "viscoin_cub_variants" or run.seed != 0 or not source.is_dir():
+            continue
+        (out_dir / "variants").mkdir(parents=True, exist_ok=True)
+        for png in sorted(source.glob("*.png")):
+            written.append(Path(shutil.copy2(png, out_dir / "variants" / png.name)))
+    return written
 
 
 def generator_figures(profile: str, out_dir: Path, root: Path) -> list[Path]:
