@@ -3,9 +3,10 @@
     python results/demo/temperature/table.py
 
 For each run folder: what its config changes from params/demo/viscoin_cub.yaml (with f and G the
-pretrained stand-ins), g's accuracy, identification in class and MSE at 300 iterations (200 for the
-toytissue run) on the training's 64 test images, and, where `python -m viscoin_core.eval` ran on 128
-test images, the same with concept localisation (an untrained Psi's in brackets).
+pretrained stand-ins), g's accuracy, identification in class and MSE at the run's last iteration
+(300; 200 for the toytissue run, 1000 for the *_1000 runs) on the training's 64 test images, and,
+where `python -m viscoin_core.eval` ran on 128 test images, the same with concept localisation (an
+untrained Psi's in brackets).
 """
 import json
 from pathlib import Path
