@@ -10,7 +10,7 @@ parameter groups, averaged over a few batches of 8 training + 8 synthetic images
 PARAMS is a VisCoIN parameter file, F and G the frozen networks, CHECKPOINT a run's checkpoint.pt
 (default: the parts at their initialisation). Runs in float32 on the CPU.
 """
-import sys
+import argparse
 
 import torch
 
@@ -29,16 +29,21 @@ def parameter_groups(psi, omega):
             "Omega": list(omega.parameters())}
 
 
-def main(argv):
-    sets = [a for a in argv if "=" in a]
-    args = [a for a in argv if "=" not in a and a != "--set"]
-    params, f_path, g_path = args[:3]
-    cfg = load_config(ViscoinConfig, params, f=f_path, G=g_path, amp="off", **parse_overrides(sets))
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("params")
+    parser.add_argument("f")
+    parser.add_argument("G")
+    parser.add_argument("checkpoint", nargs="?")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    torch.manual_seed(0)   # augmentation and G's noise draw from the global RNG: the same batches every run
+    cfg = load_config(ViscoinConfig, args.params, f=args.f, G=args.G, amp="off", **parse_overrides(args.set))
     train_set, _, _ = load_data(cfg)
     f, G = build_f(cfg, train_set.n_classes), build_G(cfg, train_set.resolution)
     parts = build_parts(cfg, f, G, train_set.n_classes)
-    if len(args) > 3:
-        state = torch.load(args[3], weights_only=True)
+    if args.checkpoint:
+        state = torch.load(args.checkpoint, weights_only=True)
         for name, module in parts.items():
             module.load_state_dict(state[name])
     trainer = Trainer(cfg, f, G, parts, build_lpips(cfg.lpips_backbone), torch.device("cpu"))
@@ -66,4 +71,4 @@ def main(argv):
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    main(sys.argv[1:])
+    main()

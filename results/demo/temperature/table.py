@@ -11,20 +11,22 @@ untrained Psi's in brackets).
 import json
 from pathlib import Path
 
+from viscoin_core.config import load_config, resolve_path, to_dict
+from viscoin_core.model import ViscoinConfig
+from viscoin_core.runs import changed_keys
+
 HERE = Path(__file__).parent
 IGNORED = {"f", "G", "eval_every", "checkpoint_every", "iterations", "data"}
 
 
 def changed(config: dict, base: dict) -> str:
-    keys = [k for k in config if k not in IGNORED and config[k] != base.get(k)]
+    # a key missing from an older run's config did not exist then: that run had its default, the paper's
+    keys = [k for k in changed_keys(base, config) if k in config and k not in IGNORED]
     return ", ".join(f"{k} {config[k]}" for k in keys) or "none (the study's settings)"
 
 
 def main():
-    from viscoin_core.config import read_params, resolve_path
-    from viscoin_core.model import ViscoinConfig
-    from viscoin_core.config import parse_config, to_dict
-    base = to_dict(parse_config(ViscoinConfig, read_params(resolve_path("params/demo/viscoin_cub.yaml"))))
+    base = to_dict(load_config(ViscoinConfig, resolve_path("params/demo/viscoin_cub.yaml")))
     print("| run | changed | g, 64 | identification, 64 (chance 18.75) | MSE, 64 "
           "| g, 128 | identification, 128 (chance 9.4) | localisation (untrained Psi) |")
     print("|---|---|---|---|---|---|---|---|")
