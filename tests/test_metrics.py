@@ -82,6 +82,22 @@ def test_lpips_random_backbone_is_deterministic_and_zero_on_identical_images():
         metrics.build_lpips("alex")
 
 
+def test_random_lpips_is_drawn_once_then_loaded_and_redrawn_from_a_broken_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))
+    cache = metrics.random_lpips_cache()
+    assert tmp_path in cache.parents and not cache.exists()
+    drawn = metrics._build_lpips("random").state_dict()
+    assert cache.is_file() and not list(cache.parent.glob("*.partial"))
+    loaded = metrics._build_lpips("random")
+    assert not any(p.is_meta or p.requires_grad for p in loaded.parameters())
+    assert drawn.keys() == loaded.state_dict().keys()
+    assert all(torch.equal(drawn[k], v) for k, v in loaded.state_dict().items())
+    cache.write_bytes(cache.read_bytes()[:1000])          # an interrupted copy
+    redrawn = metrics._build_lpips("random").state_dict()
+    assert all(torch.equal(drawn[k], v) for k, v in redrawn.items())
+    assert cache.stat().st_size > 1000                    # rewritten whole
+
+
 def _gaussian(n, mean, cov_sqrt, seed):
     g = np.random.default_rng(seed)
     return g.standard_normal((n, len(mean))) @ cov_sqrt.T + mean

@@ -19,6 +19,7 @@ torchmetrics' FrechetInceptionDistance / KernelInceptionDistance on the same fea
 from __future__ import annotations
 
 import copy
+import os
 import hashlib
 from pathlib import Path
 from typing import Callable, Iterable
@@ -159,15 +160,52 @@ def _build_lpips(backbone: str) -> nn.Module:
                 f"could not be downloaded ({type(err).__name__}: {err}). Copy the file there, or set "
                 "`lpips_backbone: random`.") from err
     else:
-        # The random VGG must be the same in every run, without touching the caller's RNG stream.
-        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            torch.manual_seed(0)
-            net = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)
+        net = _random_lpips()
     net.backbone = backbone
     for p in net.parameters():
         p.requires_grad_(False)
     return net.eval()
+
+
+def random_lpips_cache() -> Path:
+    """Where the random LPIPS network's weights are kept between processes (under TORCH_HOME), named by
+    the torch and lpips versions whose RNG and architecture made them."""
+    from importlib.metadata import version
+    return (Path(torch.hub.get_dir()) / "checkpoints"
+            / f"lpips_random_vgg16_seed0_torch{torch.__version__}_lpips{version('lpips')}.pt")
+
+
+def _random_lpips() -> nn.Module:
+    """LPIPS-VGG with the VGG16 drawn from seed 0. Drawing it (the 120M-parameter classifier included,
+    then dropped) takes about 4 s on a CPU core, paid by every notebook kernel of a batch; so the first
+    draw is saved (`random_lpips_cache`) and later processes build the network without initialising
+    it and load those weights (0.2 s). A missing or unreadable file is drawn again and rewritten."""
+    import warnings
+
+    import lpips
+    cache = random_lpips_cache()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)   # lpips still passes torchvision's old `pretrained=`
+        if cache.is_file():
+            try:
+                with torch.device("meta"):              # the architecture only: nothing drawn or allocated
+                    net = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)
+                net.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True), assign=True)
+                return net
+            except Exception:  # noqa: BLE001  (a truncated or foreign file: draw the weights again)
+                pass
+        # The random VGG must be the same in every run, without touching the caller's RNG stream.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            net = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)
+    try:   # written under a temporary name, so a kernel reading it beside this one never sees half a file
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_name(f"{cache.name}.{os.getpid()}.partial")
+        torch.save(net.state_dict(), partial)
+        os.replace(partial, cache)
+    except OSError:        # a read-only home: every process draws the weights itself
+        pass
+    return net
 
 
 def lpips_distance(x_rec: torch.Tensor, x: torch.Tensor, net: nn.Module) -> torch.Tensor:
