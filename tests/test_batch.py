@@ -292,3 +292,17 @@ def test_the_variants_rows_figures_are_copied_beside_notebook_06s(tmp_path, monk
     assert written == [tmp_path / "figures" / "variants" / "reconstructions.png"]
     assert written[0].read_bytes() == b"viscoin_cub_variants"
     assert sorted(p.name for p in (tmp_path / "figures").rglob("*")) == ["reconstructions.png", "variants"]
+
+
+def test_the_figures_step_clears_the_figures_of_the_previous_run_only(tmp_path):
+    # A rerun shows other classes; a figure of a class it no longer shows must not stay behind.
+    out = tmp_path / "figures"
+    (out / "variants").mkdir(parents=True)
+    stale = [out / "concept_grid_005_Red.png", out / "concept_grid_005_Red.pdf", out / "variants" / "grad_cam_007.png"]
+    kept = [out / "README.md", out / "variants" / "notes.txt", out / "sub" / "other.png"]
+    for path in stale + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    assert batch.clear_figures(out) == sorted(stale)
+    assert not any(path.exists() for path in stale) and all(path.exists() for path in kept)
+    assert batch.clear_figures(tmp_path / "none") == []

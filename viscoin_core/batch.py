@@ -379,6 +379,7 @@ def run_figures(profile: str, root: Path | None = None) -> Path:
     run_dir = str(run_directory(profile, "viscoin", "viscoin_cub", 0, root).relative_to(root))
     out_dir = root / "results" / profile / "figures"
     out_dir.mkdir(parents=True, exist_ok=True)
+    clear_figures(out_dir)
     papermill.execute_notebook(str(root / "notebooks" / "06_qualitative_figures.ipynb"),
                                str(root / run_dir / "06_qualitative_figures.ipynb"),
                                parameters={"run_dir": run_dir, "params_file": f"params/{profile}/viscoin_cub.yaml",
@@ -388,6 +389,17 @@ def run_figures(profile: str, root: Path | None = None) -> Path:
     generator_figures(profile, out_dir, root)
     variants_figures(profile, out_dir, root)
     return out_dir
+
+
+def clear_figures(out_dir: Path) -> list[Path]:
+    """Delete the PNG and PDF files in out_dir and out_dir/variants, which the figures step writes
+    again: the classes a run's figures show change with the run, and a figure of a class the new run
+    does not show would otherwise stay beside them as if it were the new run's. Returns what went."""
+    gone = sorted(p for folder in (out_dir, out_dir / "variants") if folder.is_dir()
+                  for p in folder.iterdir() if p.is_file() and p.suffix in (".png", ".pdf"))
+    for path in gone:
+        path.unlink()
+    return gone
 
 
 def variants_figures(profile: str, out_dir: Path, root: Path) -> list[Path]:
