@@ -3,8 +3,9 @@
     python results/demo/temperature/table.py
 
 For each run folder: what its config changes from params/demo/viscoin_cub.yaml (with f and G the
-pretrained stand-ins), g's accuracy, identification in class and MSE at the run's last iteration
-(300; 200 for the toytissue run, 1000 for the *_1000 runs) on the training's 64 test images, and,
+pretrained stand-ins, or the demo's own for the demo_* runs), g's accuracy, identification in class
+and MSE at the run's last iteration (300; 200 for the toytissue n_* runs; the demo_* runs and the
+others name theirs) on the training's 64 test images, and,
 where `python -m viscoin_core.eval` ran on 128 test images, the same with concept localisation (an
 untrained Psi's in brackets).
 """
