@@ -19,8 +19,8 @@ torchmetrics' FrechetInceptionDistance / KernelInceptionDistance on the same fea
 from __future__ import annotations
 
 import copy
-import os
 import hashlib
+import os
 from pathlib import Path
 from typing import Callable, Iterable
 
