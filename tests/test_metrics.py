@@ -87,7 +87,7 @@ def test_random_lpips_is_drawn_once_then_loaded_and_redrawn_from_a_broken_file(t
     cache = metrics.random_lpips_cache()
     assert tmp_path in cache.parents and not cache.exists()
     drawn = metrics._build_lpips("random").state_dict()
-    assert cache.is_file() and not list(cache.parent.glob("*.partial"))
+    assert cache.is_file() and not list(cache.parent.glob("*.tmp"))
     loaded = metrics._build_lpips("random")
     assert not any(p.is_meta or p.requires_grad for p in loaded.parameters())
     assert drawn.keys() == loaded.state_dict().keys()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -198,12 +197,11 @@ def _random_lpips() -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             net = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)
-    try:   # written under a temporary name, so a kernel reading it beside this one never sees half a file
+    from viscoin_core.runs import save_atomic
+    try:   # through a temporary file: a kernel reading it beside this one never sees half a file
         cache.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_name(f"{cache.name}.{os.getpid()}.partial")
-        torch.save(net.state_dict(), partial)
-        os.replace(partial, cache)
-    except OSError:        # a read-only home: every process draws the weights itself
+        save_atomic(net.state_dict(), cache)
+    except OSError:        # a read-only or full home: every process draws the weights itself
         pass
     return net
 
