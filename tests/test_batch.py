@@ -306,3 +306,47 @@ def test_the_figures_step_clears_the_figures_of_the_previous_run_only(tmp_path):
     assert batch.clear_figures(out) == sorted(stale)
     assert not any(path.exists() for path in stale) and all(path.exists() for path in kept)
     assert batch.clear_figures(tmp_path / "none") == []
+
+
+def test_in_the_demo_plan_the_figures_wait_for_tables_2_and_3_only_and_start_last():
+    # The figures start beside the NCT rows still running, not after them: they read Table 3's seed 0
+    # (notebook 06), its variants row (copied figures) and Table 2's Gs (sample sheets), nothing else.
+    root = batch.repo_root()
+    tables = load_tables(root / "params" / "tables.yaml")
+    runs = list({r.run_dir: r for name in table_making.NUMBERED_TABLES
+                 for r in batch.plan(name, "demo", tables=tables)}.values())
+    reads = [r for name in ("table2", "table3") for r in batch.plan(name, "demo", tables=tables)]
+    figures = batch.figures_run("demo", reads, root)
+    waited_on = {r.run_dir.relative_to(root / "runs" / "demo").as_posix() for r in runs if batch.depends_on(figures, r)}
+    assert waited_on == {"viscoin/viscoin_cub/seed0", "viscoin/viscoin_cub_variants/seed0", "g/gan_cub/seed0",
+                         "g/gan_nct_1500k/seed0", "g/gan_nct_500k/seed0", "g/gan_nct_brecahad512/seed0"}
+    assert not any(batch.depends_on(r, figures) for r in runs)
+    assert batch.start_order(runs + [figures])[-1] is figures   # a free worker takes every row before it
+
+
+def test_the_figures_run_in_the_batch_after_the_rows_and_a_failure_is_reported(tmp_path, monkeypatch):
+    root = make_project(tmp_path)
+    monkeypatch.setattr(table_making, "published_numbers", lambda: yaml.safe_load(
+        (root / "params" / "reference_numbers.yaml").read_text()))
+    calls = []
+
+    def fake_figures(profile, where):
+        calls.append((profile, where, (root / "runs" / "executed.txt").read_text().split()))
+        return where / "results" / profile / "figures"
+
+    monkeypatch.setattr(batch, "run_figures", fake_figures)
+    written = batch.run_tables(["toytable"], "smoke", root=root, figures=True)
+    assert [(p, w) for p, w, _ in calls] == [("smoke", root)] and len(calls[0][2]) == 2   # after A's two seeds (B fails at once)
+    assert list(written) == ["toytable", "figures"]
+    assert written["figures"][0] == root / "results" / "smoke" / "figures"
+    assert list(written["figures"][1].values()) == ["done"]
+
+    def broken_figures(profile, where):
+        raise ValueError("no Table 3 run to draw")
+
+    monkeypatch.setattr(batch, "run_figures", broken_figures)
+    status = batch.run_tables(["toytable"], "smoke", root=root, figures=True)["figures"][1]
+    [outcome] = status.values()
+    assert outcome.startswith("failed:") and "no Table 3 run to draw" in outcome
+    assert "no Table 3 run to draw" in (root / "runs" / "smoke" / "figures" / "error.txt").read_text()
+    assert "figures" not in batch.run_tables(["toytable"], "smoke", root=root)   # only when asked

@@ -11,7 +11,8 @@ executed notebook there. A run whose `metrics.json` exists is skipped (unless `-
 row's file has changed since: then it runs again), so an interrupted batch resumes; a failed row
 is reported at the end and marked in the table, never dropped. `all` plans every table first, so
 a row that several tables share runs once, and rows run side by side (`--jobs`, or Slurm) as soon
-as the runs they read are finished. Table 8 lists every experiment's settings, generated from the
+as the runs they read are finished; the figures step (notebook 06) is one more such run, after the
+rows of Tables 2 and 3. Table 8 lists every experiment's settings, generated from the
 parameter files. Making the tables from the runs' metrics is `viscoin_core.tables`.
 """
 
@@ -68,6 +69,10 @@ class Run:
     run_dir: Path
     seed: int
     published_row: str = ""
+    reads: tuple[Path, ...] = ()   # run directories it reads besides those its parameters name
+
+
+FIGURES_NOTEBOOK = "06_qualitative_figures"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,9 +158,12 @@ def notebook_inputs(run: Run) -> dict:
 
 
 def execute(run: Run) -> Path:
-    """Run one notebook with papermill into its run directory; returns the executed notebook's path."""
+    """Run one notebook with papermill into its run directory; returns the executed notebook's path.
+    The figures run (`figures_run`) is the figures step instead; it returns the figures' folder."""
     import papermill
 
+    if run.notebook.stem == FIGURES_NOTEBOOK:
+        return run_figures(run.params_file.parent.name, run.notebook.parents[1])
     run.run_dir.mkdir(parents=True, exist_ok=True)
     output = run.run_dir / f"{run.notebook.stem}.ipynb"
     papermill.execute_notebook(str(run.notebook), str(output), parameters=notebook_inputs(run),
@@ -208,6 +216,8 @@ def depends_on(run: Run, other: Run) -> bool:
     (or a file in it), or `other`'s parameter file (an FID classifier is named by its file)."""
     root = run.notebook.parents[1]
     made = other.run_dir.resolve()
+    if any(path.resolve() == made for path in run.reads):
+        return True
     for value in run.params.values():
         if isinstance(value, str) and value:
             path = (root / value).resolve()
@@ -327,19 +337,23 @@ def _outcome(call, run: Run) -> str:
     except Exception as err:  # noqa: BLE001  (any failure of a notebook is reported, not raised)
         notebook = run.run_dir / f"{run.notebook.stem}.ipynb"
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        run.run_dir.mkdir(parents=True, exist_ok=True)
         (run.run_dir / "error.txt").write_text(traceback.format_exc())
         return f"failed: {reason} (see {notebook})"
-    if not (run.run_dir / "metrics.json").exists():
+    if run.notebook.stem != FIGURES_NOTEBOOK and not (run.run_dir / "metrics.json").exists():
         return f"failed: the notebook wrote no metrics.json (see {run.run_dir})"
     return "done"
 
 
 def run_tables(names: list[str], profile: str, seeds: int | None = None, force: bool = False,
-               root: Path | None = None, executor=None, jobs: int = 1) -> dict[str, tuple[Path, dict]]:
+               root: Path | None = None, executor=None, jobs: int = 1,
+               figures: bool = False) -> dict[str, tuple[Path, dict]]:
     """Plan every named table, execute all their runs together (a row shared by several tables runs
     once; independent rows side by side with `jobs` > 1 or a submitit `executor`), then tabulate.
+    With `figures`, the figures step runs too, as soon as the Table 2 and 3 runs it reads are finished.
 
-    Returns table -> (markdown path, each of its runs' status). Table 8 needs no runs.
+    Returns table -> (markdown path, each of its runs' status), and 'figures' -> (their folder, status).
+    Table 8 needs no runs.
     """
     root = root or repo_root()
     tables = load_tables(root / "params" / "tables.yaml")
@@ -348,7 +362,13 @@ def run_tables(names: list[str], profile: str, seeds: int | None = None, force: 
     if problems:
         raise ConfigError(f"{len(problems)} problem(s) found before any work (all of them: --check):\n  "
                           + "\n  ".join(problems))
-    status = run_all([run for runs in planned.values() for run in runs], force=force, executor=executor, jobs=jobs)
+    extra = []
+    if figures:
+        reads = [run for name in ("table2", "table3") if name in tables
+                 for run in plan(name, profile, tables=tables, root=root) if run.seed == 0]
+        extra.append(figures_run(profile, reads, root))
+    status = run_all([run for runs in planned.values() for run in runs] + extra, force=force, executor=executor,
+                     jobs=jobs)
     out_dir = root / "results" / profile
     written = {}
     for name in names:
@@ -362,6 +382,8 @@ def run_tables(names: list[str], profile: str, seeds: int | None = None, force: 
         df = build_table(name, profile, runs, status, tables)
         written[name] = (write_table(df, out_dir, name, tables[name]["title"], table_note(profile, command)),
                          {run: status[run] for run in runs})
+    if extra:
+        written["figures"] = (out_dir / "figures", {run: status[run] for run in extra})
     return written
 
 
@@ -372,7 +394,8 @@ def run_table(table: str, profile: str, seeds: int | None = None, force: bool = 
 
 
 def run_figures(profile: str, root: Path | None = None) -> Path:
-    """Notebook 06 on the profile's Table 3 run: figures into results/<profile>/figures, executed copy kept."""
+    """Notebook 06 on the profile's Table 3 run: figures into results/<profile>/figures, with G's sample
+    sheets and the variants row's figures; the executed notebook is kept in runs/<profile>/figures/."""
     import papermill
 
     root = root or repo_root()
@@ -380,8 +403,10 @@ def run_figures(profile: str, root: Path | None = None) -> Path:
     out_dir = root / "results" / profile / "figures"
     out_dir.mkdir(parents=True, exist_ok=True)
     clear_figures(out_dir)
-    papermill.execute_notebook(str(root / "notebooks" / "06_qualitative_figures.ipynb"),
-                               str(root / run_dir / "06_qualitative_figures.ipynb"),
+    kept = root / "runs" / profile / "figures"
+    kept.mkdir(parents=True, exist_ok=True)
+    papermill.execute_notebook(str(root / "notebooks" / f"{FIGURES_NOTEBOOK}.ipynb"),
+                               str(kept / f"{FIGURES_NOTEBOOK}.ipynb"),
                                parameters={"run_dir": run_dir, "params_file": f"params/{profile}/viscoin_cub.yaml",
                                            "out_dir": str(out_dir.relative_to(root))},
                                cwd=str(root / "notebooks"), progress_bar=False, kernel_name="python3",
@@ -389,6 +414,16 @@ def run_figures(profile: str, root: Path | None = None) -> Path:
     generator_figures(profile, out_dir, root)
     variants_figures(profile, out_dir, root)
     return out_dir
+
+
+def figures_run(profile: str, reads: list[Run], root: Path | None = None) -> Run:
+    """The figures step (`run_figures`) as a run of a batch, reading `reads` (Table 2's and Table 3's
+    runs: G's samples, Table 3's seed 0, the variants row's figures). In `all` it starts once they
+    are finished, beside the NCT rows still running, instead of alone after every row."""
+    root = root or repo_root()
+    return Run("figures", "figures", root / "notebooks" / f"{FIGURES_NOTEBOOK}.ipynb",
+               root / "params" / profile / "viscoin_cub.yaml", {}, root / "runs" / profile / "figures", 0,
+               reads=tuple(run.run_dir for run in reads))
 
 
 def clear_figures(out_dir: Path) -> list[Path]:
@@ -446,7 +481,8 @@ def check_main(names: list[str], profile: str, seeds: int | None, step_times: st
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m viscoin_core.batch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("table", help="table1 ... table8, 'all' (Tables 1-8), or 'figures' (notebook 06)")
+    parser.add_argument("table", help="table1 ... table8, 'all' (Tables 1-8 and the figures), or 'figures' "
+                                      "(notebook 06 on finished runs)")
     parser.add_argument("--profile", required=True, choices=PROFILES)
     parser.add_argument("--seeds", type=int, default=None, help="seeds per row (default: the row's, else 1)")
     parser.add_argument("--force", action="store_true", help="rerun rows that already have metrics.json")
@@ -473,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     executor = make_executor(args.executor, repo_root() / "runs" / args.profile / "slurm", **slurm)
     failed = []
     for name, (path, status) in run_tables(names, args.profile, args.seeds, args.force, executor=executor,
-                                           jobs=args.jobs).items():
+                                           jobs=args.jobs, figures=args.table == "all").items():
         failed += [f"{name}: {r.label} seed {r.seed}: {s}" for r, s in status.items() if s.startswith("failed")]
         print(f"{name}: {path}")
     if failed:
