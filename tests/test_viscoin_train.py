@@ -89,6 +89,25 @@ def test_batches_are_a_function_of_the_iteration():
     assert sorted(indices) == sorted(list(range(5)) * 3)
 
 
+def test_an_items_augmentation_is_its_seeds_draw_and_leaves_the_callers_stream_alone():
+    class Draws(torch.utils.data.Dataset):   # an "augmentation" that draws from torch's global RNG
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return torch.rand(4) + i
+
+    items = V._SeededItems(Draws())
+    torch.manual_seed(123)
+    expected_next = torch.rand(2)
+    torch.manual_seed(123)
+    first, again = items[(1, 55)], items[(1, 55)]
+    assert torch.equal(first, again)
+    assert torch.equal(first, torch.rand(4, generator=torch.Generator().manual_seed(55)) + 1)   # seed 55's draw
+    assert not torch.equal(items[(1, 56)], first)
+    assert torch.equal(torch.rand(2), expected_next)   # the caller's stream continues as if nothing was drawn
+
+
 @pytest.mark.parametrize("extra", [{}, {"latent_regression_weight": 1.0, "latent_regression_space": "w+"}],
                          ids=["paper", "latent_regression"])
 def test_resume_is_exact(cache_dir, tmp_path, extra):
