@@ -53,6 +53,7 @@ mini:
 
 # Every table and the figures at the paper's sizes (256 px, ResNet-50, paper256 G, K = 256) on a CPU,
 # with tiny budgets and made-up inputs in the real formats (viscoin_core/rehearsal.py).
+# It leaves about 22 GB under runs/rehearsal/ (paper-size networks and checkpoints of 19 rows).
 rehearsal: $(STAMP)
 	$(PY) -m viscoin_core.rehearsal >/dev/null
 	$(MAKE) demo PROFILE=rehearsal JOBS=1
