@@ -109,9 +109,11 @@ def test_table_has_mean_std_published_and_marks_the_failed_row(tmp_path, monkeyp
     csv = (root / "results/smoke/toytable.csv").read_text()
     assert "score x10 (published)" in csv
 
-    # The terminal shows no papermill parse warnings and no kernel transport warnings.
-    err = capfd.readouterr().err
+    # The terminal shows no papermill parse warnings and no kernel transport warnings, and one line per run.
+    out, err = capfd.readouterr()
     assert "without encryption" not in err and "Unable to parse" not in err and "unknown parameter" not in err
+    lines = sorted(line.split()[:2] for line in out.splitlines() if line.startswith(("done", "failed")))
+    assert lines == [["done", "toy/a/seed0"], ["done", "toy/a/seed1"], ["failed", "toy/b/seed0"]]
 
     # A second pass skips what is finished and reruns only the failed row.
     _, again = batch.run_table("toytable", "smoke", root=root)

@@ -260,8 +260,11 @@ def run_all(runs: list[Run], force: bool = False, executor=None, jobs: int = 1) 
         else:
             pending.append(run)
     if executor is None and jobs <= 1:
-        for run in tqdm(pending, desc="runs", unit="run"):
-            status[run] = _outcome(lambda run=run: execute(run), run)
+        with tqdm(pending, desc="runs", unit="run") as progress:
+            for run in progress:
+                start = time.monotonic()
+                status[run] = _outcome(lambda run=run: execute(run), run)
+                progress.write(progress_line(run, status[run], time.monotonic() - start))
     else:
         status.update(_run_side_by_side(pending, executor, jobs))
     for run in runs:   # the copies of a shared row report what its one execution did
@@ -301,7 +304,7 @@ def _run_side_by_side(pending: list[Run], executor, jobs: int, poll_s: float = 0
         # Processes, not threads: papermill changes the working directory of the process it runs in.
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
     submit, limit = (executor.submit, len(pending)) if executor is not None else (pool.submit, jobs)
-    waiting, active = start_order(pending), {}
+    waiting, active, started = start_order(pending), {}, {}
     try:
         with tqdm(total=len(pending), desc="runs", unit="run") as progress:
             while waiting or active:
@@ -310,6 +313,7 @@ def _run_side_by_side(pending: list[Run], executor, jobs: int, poll_s: float = 0
                     if len(active) < limit and not any(depends_on(run, other) for other in unfinished):
                         waiting.remove(run)
                         active[run] = submit(execute_in_worker, run)
+                        started[run] = time.monotonic()
                 if not active:   # everything left waits on something else that is left: a cycle
                     for run in waiting:
                         status[run] = "failed: its inputs form a cycle with other rows of this batch"
@@ -317,6 +321,7 @@ def _run_side_by_side(pending: list[Run], executor, jobs: int, poll_s: float = 0
                 finished = [run for run, job in active.items() if job.done()]
                 for run in finished:
                     status[run] = _outcome(active.pop(run).result, run)
+                    progress.write(progress_line(run, status[run], time.monotonic() - started[run]))
                     progress.update()
                 if not finished:
                     time.sleep(poll_s)
@@ -328,6 +333,18 @@ def _run_side_by_side(pending: list[Run], executor, jobs: int, poll_s: float = 0
             else:
                 os.environ["OMP_NUM_THREADS"] = threads
     return status
+
+
+def progress_line(run: Run, outcome: str, seconds: float) -> str:
+    """The line the batch prints as a run ends: 'done' or 'failed', the run (its directory under
+    runs/<profile>/) and its wall time; a failure's reason is listed again at the end."""
+    root = run.notebook.parents[1]
+    try:
+        name = run.run_dir.relative_to(root / "runs" / run.params_file.parent.name).as_posix()
+    except ValueError:
+        name = str(run.run_dir)
+    word = "done" if outcome == "done" else "failed"
+    return f"{word:<6} {name:<44} {int(seconds) // 60:3d} min {int(seconds) % 60:2d} s"
 
 
 def _outcome(call, run: Run) -> str:
