@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -324,6 +325,10 @@ def test_in_the_demo_plan_the_figures_wait_for_tables_2_and_3_only_and_start_las
                          "g/gan_nct_1500k/seed0", "g/gan_nct_500k/seed0", "g/gan_nct_brecahad512/seed0"}
     assert not any(batch.depends_on(r, figures) for r in runs)
     assert batch.start_order(runs + [figures])[-1] is figures   # a free worker takes every row before it
+    # It goes to a worker process as it is (spawned workers unpickle it) and calls the figures step.
+    again = pickle.loads(pickle.dumps(figures))
+    assert again.call.func is batch.run_figures and again.call.args == ("demo", root)
+    assert again.finished_by is None and not batch.is_finished(again)   # drawn again on every batch
 
 
 def test_the_figures_run_in_the_batch_after_the_rows_and_a_failure_is_reported(tmp_path, monkeypatch):

@@ -29,8 +29,9 @@ import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tqdm import tqdm   # text bars: a widget bar shows "model not found" once its page is reloaded
 
@@ -70,6 +71,8 @@ class Run:
     seed: int
     published_row: str = ""
     reads: tuple[Path, ...] = ()   # run directories it reads besides those its parameters name
+    finished_by: str | None = "metrics.json"   # the file in run_dir that marks it finished; None: it always runs
+    call: Callable[[], Path] | None = None     # what executes it, when not papermill on its notebook
 
 
 FIGURES_NOTEBOOK = "06_qualitative_figures"
@@ -159,11 +162,11 @@ def notebook_inputs(run: Run) -> dict:
 
 def execute(run: Run) -> Path:
     """Run one notebook with papermill into its run directory; returns the executed notebook's path.
-    The figures run (`figures_run`) is the figures step instead; it returns the figures' folder."""
+    A run with its own `call` (the figures step) runs that instead and returns what it returns."""
     import papermill
 
-    if run.notebook.stem == FIGURES_NOTEBOOK:
-        return run_figures(run.params_file.parent.name, run.notebook.parents[1])
+    if run.call is not None:
+        return run.call()
     run.run_dir.mkdir(parents=True, exist_ok=True)
     output = run.run_dir / f"{run.notebook.stem}.ipynb"
     papermill.execute_notebook(str(run.notebook), str(output), parameters=notebook_inputs(run),
@@ -255,7 +258,7 @@ def run_all(runs: list[Run], force: bool = False, executor=None, jobs: int = 1) 
         if run.run_dir in first:
             continue
         first[run.run_dir] = run
-        if (run.run_dir / "metrics.json").exists() and not force and not changed_settings(run):
+        if is_finished(run) and not force and not changed_settings(run):
             status[run] = "skipped"
         else:
             pending.append(run)
@@ -347,6 +350,11 @@ def progress_line(run: Run, outcome: str, seconds: float) -> str:
     return f"{word:<6} {name:<44} {int(seconds) // 60:3d} min {int(seconds) % 60:2d} s"
 
 
+def is_finished(run: Run) -> bool:
+    """Whether the file that marks `run` finished is there (never, for a run that always runs)."""
+    return run.finished_by is not None and (run.run_dir / run.finished_by).exists()
+
+
 def _outcome(call, run: Run) -> str:
     # One failed row must not stop the others: record why and where to look.
     try:
@@ -357,8 +365,8 @@ def _outcome(call, run: Run) -> str:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         (run.run_dir / "error.txt").write_text(traceback.format_exc())
         return f"failed: {reason} (see {notebook})"
-    if run.notebook.stem != FIGURES_NOTEBOOK and not (run.run_dir / "metrics.json").exists():
-        return f"failed: the notebook wrote no metrics.json (see {run.run_dir})"
+    if run.finished_by is not None and not is_finished(run):
+        return f"failed: the notebook wrote no {run.finished_by} (see {run.run_dir})"
     return "done"
 
 
@@ -436,11 +444,12 @@ def run_figures(profile: str, root: Path | None = None) -> Path:
 def figures_run(profile: str, reads: list[Run], root: Path | None = None) -> Run:
     """The figures step (`run_figures`) as a run of a batch, reading `reads` (Table 2's and Table 3's
     runs: G's samples, Table 3's seed 0, the variants row's figures). In `all` it starts once they
-    are finished, beside the NCT rows still running, instead of alone after every row."""
+    are finished, beside the NCT rows still running, instead of alone after every row.
+    It runs every time: what it draws changes whenever one of those runs does."""
     root = root or repo_root()
     return Run("figures", "figures", root / "notebooks" / f"{FIGURES_NOTEBOOK}.ipynb",
                root / "params" / profile / "viscoin_cub.yaml", {}, root / "runs" / profile / "figures", 0,
-               reads=tuple(run.run_dir for run in reads))
+               reads=tuple(run.run_dir for run in reads), finished_by=None, call=partial(run_figures, profile, root))
 
 
 def clear_figures(out_dir: Path) -> list[Path]:
