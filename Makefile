@@ -33,12 +33,16 @@ lab: $(LAB_STAMP)
 	echo "$(PY) -m jupyterlab notebooks/$$flags $(LAB_ARGS)"; \
 	exec $(PY) -m jupyterlab notebooks/ $$flags $(LAB_ARGS)
 
-# Unit tests, then every notebook (01 ... 06, in order) with its smoke defaults under nbval.
+# Unit tests on TEST_JOBS workers (pytest-xdist, one test file per worker at a time), then every
+# notebook (01 ... 06, in order: each reads the runs of the ones before) with its smoke defaults under
+# nbval, in one process.
 # Progress bars redraw at most every 5 s. nbval fails a cell when its output messages pause for 5 s;
 # one fresh-clone run failed so after notebook 02's long training cell, with thousands of bar updates
 # queued. Fewer updates should make that less likely; the cause is not pinned down.
+TEST_JOBS ?= 2
 test: $(STAMP)
-	TQDM_MININTERVAL=5 $(PY) -m pytest -q tests --nbval-lax notebooks
+	TQDM_MININTERVAL=5 $(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder tests
+	TQDM_MININTERVAL=5 $(PY) -m pytest -q --nbval-lax notebooks
 
 # Every table of the study on the synthetic stand-ins and the figures notebook, which starts beside
 # the last rows once Tables 2 and 3 are made. A failed row is reported by the batch (and marked in

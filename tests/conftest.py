@@ -1,5 +1,6 @@
 """Shared test fixtures. Golden vectors and layouts are files in tests/fixtures/ (see its README)."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,27 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs tests/ on 2 workers) each worker, and every kernel or
+    process it starts, gets its share of the cores: two workers each spinning two torch threads on 2
+    cores run slower than one worker alone."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)     # inherited by notebook kernels and subprocesses
+        torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules with a slow test first, whole modules kept together (their fixtures are set up once):
+    with xdist's per-file scheduling the longest ones start at once, side by side, instead of one of
+    them running alone at the end."""
+    def file_of(item):
+        return item.nodeid.split("::")[0]
+    slow = {file_of(item) for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: file_of(item) not in slow)
 
 
 @pytest.fixture(scope="session")

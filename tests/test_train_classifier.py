@@ -78,6 +78,7 @@ def smoke_run(tmp_path_factory):
 SMOKE_MIN_ACCURACY = 95.0
 
 
+@pytest.mark.slow                  # its fixture trains for about 3.5 minutes on one core
 def test_smoke_profile_accuracy_on_toytissue(smoke_run):
     config, run_dir, metrics = smoke_run
     assert metrics["test_accuracy"] >= SMOKE_MIN_ACCURACY
